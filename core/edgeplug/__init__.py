@@ -1,0 +1,50 @@
+"""edgeplug: plugin-based, verified optimization of ONNX models for edge devices.
+
+Plugin authors need `hookimpl`, `Model`, `Option` and the errors; users `optimize` and `infer`.
+"""
+
+from __future__ import annotations
+
+from .api import optimize
+from .context import Artifact, InferenceRequest, InferenceResult, RunContext
+from .data import Dataset
+from .errors import (
+    DataError,
+    EdgeplugError,
+    GuardRefusal,
+    MissingDependencyError,
+    ModelError,
+    OptionError,
+    PluginError,
+    VerificationError,
+)
+from .hookspecs import hookimpl
+from .inference import infer
+from .model import Model
+from .options import Option, Tolerance
+from .plugins import load_plugins
+
+__version__ = "0.1.0"
+__all__ = [
+    "Artifact",
+    "DataError",
+    "Dataset",
+    "EdgeplugError",
+    "GuardRefusal",
+    "InferenceRequest",
+    "InferenceResult",
+    "MissingDependencyError",
+    "Model",
+    "ModelError",
+    "Option",
+    "OptionError",
+    "PluginError",
+    "RunContext",
+    "Tolerance",
+    "VerificationError",
+    "__version__",
+    "hookimpl",
+    "infer",
+    "load_plugins",
+    "optimize",
+]

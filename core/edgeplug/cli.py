@@ -1,0 +1,222 @@
+"""The `edgeplug` command: run, plugins, inspect, bench, infer.
+
+Exit codes: 0 success, 1 a step failed verification, 2 a user error (one line `edgeplug: error: ...`),
+3 an internal error. Tracebacks only with --debug.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from .errors import EdgeplugError, VerificationError
+
+EXIT_VERIFY, EXIT_USER, EXIT_INTERNAL = 1, 2, 3
+
+
+class Group(click.Group):
+    """Maps edgeplug's exceptions to one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        debug = "--debug" in sys.argv or bool(ctx.params.get("debug"))
+        try:
+            return super().invoke(ctx)
+        except VerificationError as exc:
+            _fail(exc, EXIT_VERIFY, debug)
+        except EdgeplugError as exc:
+            _fail(exc, EXIT_USER, debug)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("edgeplug: interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:  # noqa: BLE001
+            if debug:
+                traceback.print_exc()
+            click.echo(f"edgeplug: error: internal error: {type(exc).__name__}: {exc} (rerun with --debug)", err=True)
+            sys.exit(EXIT_INTERNAL)
+
+
+def _fail(exc: BaseException, code: int, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    message = " ".join(str(exc).split())
+    click.echo(f"edgeplug: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _options(values: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    from .options import parse_assignments
+
+    return parse_assignments(values)
+
+
+def _plugin_list(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.version_option(package_name="edgeplug")
+def main(debug: bool) -> None:
+    """Optimize ONNX models for edge devices with a verified chain of plugins."""
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--plugins", "plugin_names", required=True, help="Comma-separated plugins, run in this order.")
+@click.option("-o", "--option", "opts", multiple=True, metavar="PLUGIN.KEY=VALUE", help="A plugin option.")
+@click.option("--config", type=click.Path(path_type=Path), help="TOML file with [plugin] tables of options.")
+@click.option("--data", help="Validation/calibration data: .npz, folder of .npy or images, or 'random'.")
+@click.option("--calibration-data", help="Separate calibration data (then --data is all validation).")
+@click.option("--preprocess", help="For image folders: resize=HxW,mean=a/b/c,std=a/b/c,layout=NCHW|NHWC.")
+@click.option("--input-shapes", help="Pin dynamic dimensions: name:1x3x224x224[,name2:...].")
+@click.option("--output-dir", type=click.Path(path_type=Path), help="Where outputs go (default edgeplug-out/MODEL).")
+@click.option("--on-fail", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+              help="A step that fails verification stops the run, or is dropped.")
+@click.option("--bench", is_flag=True, help="Measure latency after every step.")
+@click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime intra-op threads.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for data splits and generation.")
+@click.option("--quiet", is_flag=True, help="Only errors on stderr.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def run(model: Path, plugin_names: str, opts: tuple[str, ...], config: Path | None, data: str | None,
+        calibration_data: str | None, preprocess: str | None, input_shapes: str | None, output_dir: Path | None,
+        on_fail: str, bench: bool, threads: int, seed: int, quiet: bool, debug: bool) -> None:
+    """Optimize MODEL with the plugins in order, verifying every step."""
+    from .pipeline import Pipeline, RunSettings, parse_input_shapes
+
+    settings = RunSettings(
+        plugins=_plugin_list(plugin_names), options=_options(opts), config=config, data=data,
+        calibration_data=calibration_data, preprocess=preprocess, input_shapes=parse_input_shapes(input_shapes),
+        output_dir=output_dir, on_fail=on_fail, bench=bench, threads=threads, seed=seed, quiet=quiet, debug=debug,
+    )
+    result = Pipeline(model, settings).run()
+    click.echo(f"wrote {result.output_dir}/ (report.json, {Path(result.report['final']['path']).name})")
+
+
+@main.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_plugins(as_json: bool) -> None:
+    """Installed plugins: name, distribution, version, hooks, options, and broken ones."""
+    from . import plugins
+
+    pm = plugins.load_plugins()
+    infos = plugins.describe(pm)
+    broken = plugins.broken()
+    if as_json:
+        data = {
+            "plugins": [
+                {"name": i.name, "distribution": i.distribution, "version": i.version, "hooks": list(i.hooks),
+                 "options": {k: {"type": o.type, "default": _jsonable(o.default), "help": o.help,
+                                 "choices": list(o.choices) if o.choices else None} for k, o in i.options.items()}}
+                for i in infos
+            ],
+            "broken": broken,
+        }
+        click.echo(json.dumps(data, indent=2))
+        return
+    for info in infos:
+        click.echo(f"{info.name}  ({info.distribution} {info.version})")
+        click.echo(f"  hooks: {', '.join(info.hooks)}")
+        for key, opt in info.options.items():
+            choices = f" [{'|'.join(opt.choices)}]" if opt.choices else ""
+            click.echo(f"  -o {info.name}.{key}={_jsonable(opt.default)}  ({opt.type}{choices}) {opt.help}")
+    for name, error in broken.items():
+        click.echo(f"{name}  BROKEN: {error}")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect(model: Path, as_json: bool) -> None:
+    """Inputs, outputs, opset, operator histogram, parameters and size of MODEL."""
+    from .model import Model, describe
+
+    info = describe(Model.load(model))
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"{model}  opset {info['opset']}  ir {info['ir_version']}  {info['producer']}")
+    for line in info["inputs"]:
+        click.echo(f"  input   {line}")
+    for line in info["outputs"]:
+        click.echo(f"  output  {line}")
+    click.echo(f"  nodes {info['nodes']}, parameters {info['parameters']:,} ({info['nonzero_parameters']:,} non-zero), "
+               f"size {info['size_bytes']:,} bytes")
+    click.echo("  ops: " + ", ".join(f"{k} {v}" for k, v in info["ops"].items()))
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--threads", type=int, default=1, show_default=True)
+@click.option("--runs", type=int, default=50, show_default=True)
+@click.option("--warmup", type=int, default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def bench(models: tuple[Path, ...], threads: int, runs: int, warmup: int, as_json: bool) -> None:
+    """Latency p50/p90 and memory of each model side by side, with ratios against the first."""
+    from . import bench as bench_mod
+    from .model import Model
+
+    for path in models:
+        Model.load(path)  # refuse broken files with one line before timing anything
+    rows = bench_mod.compare(list(models), threads, runs, warmup)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"threads {threads}, runs {runs}")
+    click.echo(f"{'model':40} {'p50 ms':>9} {'p90 ms':>9} {'memory MB':>10} {'size MB':>9} {'speedup':>8} {'mem ratio':>9}")
+    for r in rows:
+        mem = r["memory_ratio"]
+        click.echo(f"{Path(r['model']).name[:40]:40} {r['p50_ms']:9.2f} {r['p90_ms']:9.2f} "
+                   f"{r['memory_bytes'] / 2**20:10.1f} {r['size_bytes'] / 2**20:9.2f} {r['speedup_p50']:7.2f}x "
+                   f"{(f'{mem:.2f}x' if mem else '-'):>9}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--input", "input_path", required=True, type=click.Path(path_type=Path), help=".npz of inputs.")
+@click.option("--guard", "guards", multiple=True, help="Guard plugin(s), outermost first; comma lists allowed.")
+@click.option("-o", "--option", "opts", multiple=True, metavar="PLUGIN.KEY=VALUE")
+@click.option("--config", type=click.Path(path_type=Path))
+@click.option("--output", type=click.Path(path_type=Path), help="Write the outputs to this .npz.")
+@click.option("--threads", type=int, default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def infer(model: Path, input_path: Path, guards: tuple[str, ...], opts: tuple[str, ...], config: Path | None,
+          output: Path | None, threads: int, as_json: bool, debug: bool) -> None:
+    """Run MODEL on the inputs of a .npz, through the selected guards."""
+    from .inference import infer as run_infer
+
+    names = [g for item in guards for g in _plugin_list(item)]
+    result = run_infer(model, input_path, names, _options(opts), config, threads)
+    if output:
+        np.savez(output, **result.outputs)
+    summary: dict[str, Any] = {"abstained": result.abstained, "reason": result.reason, "flags": result.flags,
+                               "outputs": {k: list(v.shape) for k, v in result.outputs.items()}}
+    for name, value in result.outputs.items():
+        if value.ndim == 2 and value.shape[1] >= 2 and value.dtype.kind == "f":
+            summary.setdefault("top1", {})[name] = value.argmax(1).tolist()
+    if as_json:
+        click.echo(json.dumps(summary, default=str))
+        return
+    if result.abstained:
+        click.echo(f"abstained: {result.reason}")
+    for name, shape in summary["outputs"].items():
+        top = summary.get("top1", {}).get(name)
+        click.echo(f"{name}: shape {shape}" + (f", top-1 {top[:20]}" if top is not None else ""))
+    for key, value in result.flags.items():
+        click.echo(f"{key}: {value}")
+    if output:
+        click.echo(f"wrote {output}")

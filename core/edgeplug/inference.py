@@ -1,0 +1,77 @@
+"""Guarded inference: `edgeplug infer` and `edgeplug.infer()`; guards are `guard_inference` wrappers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import plugins
+from .context import InferenceRequest, InferenceResult
+from .data import check_names, conform, read_arrays
+from .errors import OptionError
+from .model import Model
+from .options import read_config, resolve
+from .pipeline import CORE
+from .runtime import run_all, session
+
+
+def infer(
+    model: str | Path,
+    inputs: Mapping[str, np.ndarray] | str | Path,
+    guards: Sequence[str] = (),
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    config: Path | None = None,
+    threads: int = 1,
+) -> InferenceResult:
+    """Run `model` on `inputs` (a dict or a .npz) through the selected guard plugins, outermost first."""
+    pm = plugins.load_plugins()
+    guards = list(guards)
+    plugins.check_selection(pm, guards)
+    for name in guards:
+        if not plugins.has_hook(pm, "guard_inference", name):
+            raise OptionError(f"plugin {name!r} has no guard_inference hook and cannot be used with --guard")
+    given: dict[str, dict[str, Any]] = {}
+    if config:
+        for plugin, table in read_config(config).items():
+            if plugin in guards:
+                given.setdefault(plugin, {}).update(table)
+    for plugin, table in (options or {}).items():
+        given.setdefault(plugin, {}).update(table)
+    schemas = {name: plugins.options_schema(pm, name) for name in plugins.names(pm)}
+    values, _ = resolve(schemas, guards, given)
+
+    path = Path(model)
+    loaded = Model.load(path)
+    feed = _inputs(inputs, loaded)
+    sess = session(loaded.serialized(), threads)
+    batch_one = _batch_is_one(loaded)
+
+    def run(feed_: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        count = len(next(iter(feed_.values())))
+        samples = [{k: v[i : i + 1] for k, v in feed_.items()} for i in range(count)] if batch_one else [feed_]
+        return run_all(sess, samples)
+
+    request = InferenceRequest(model_path=path, inputs=feed, run=run, options=values, model=loaded)
+    keep = {CORE, *guards}
+    remove = [p for n, p in pm.list_name_plugin() if n not in keep]
+    caller = pm.subset_hook_caller("guard_inference", remove_plugins=remove)
+    return caller(request=request)
+
+
+def _inputs(inputs: Mapping[str, np.ndarray] | str | Path, model: Model) -> dict[str, np.ndarray]:
+    if isinstance(inputs, (str, Path)):
+        arrays, _ = read_arrays(Path(inputs), model)
+        where = str(inputs)
+    else:
+        arrays = {k: np.asarray(v) for k, v in inputs.items()}
+        check_names(arrays, model, "inputs")
+        where = "inputs"
+    specs = {s.name: s for s in model.inputs}
+    return {name: conform(arr, specs[name], where) for name, arr in arrays.items()}
+
+
+def _batch_is_one(model: Model) -> bool:
+    return any(spec.shape and spec.shape[0] == 1 for spec in model.inputs)

@@ -1,0 +1,375 @@
+"""Model: the shared ONNX IR (a ModelProto plus the record of steps applied)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+
+from .errors import ModelError
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
+
+TWO_GB = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output: name, numpy dtype, and shape (str or None for dynamic dimensions)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str | None, ...]
+
+    @property
+    def is_dynamic(self) -> bool:
+        return any(not isinstance(d, int) for d in self.shape)
+
+    def describe(self) -> str:
+        dims = "x".join(str(d) if d is not None else "?" for d in self.shape)
+        return f"{self.name}: {self.dtype} [{dims}]"
+
+
+class Model:
+    """An ONNX model and the steps that produced it. Treat `proto` as read-only; use `replace`."""
+
+    def __init__(
+        self,
+        proto: onnx.ModelProto,
+        history: Sequence[str] = (),
+        source: Path | None = None,
+    ) -> None:
+        self.proto = proto
+        self.history: tuple[str, ...] = tuple(history)
+        self.source = source
+        self._path: Path | None = None
+        self._tmpdir: str | None = None
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], input_shapes: Mapping[str, Sequence[int]] | None = None) -> Model:
+        """Load, confine external data, run the full checker and shape inference; errors are ModelError."""
+        path = Path(path)
+        if not path.exists():
+            raise ModelError(f"{path} does not exist")
+        if not path.is_file():
+            raise ModelError(f"{path} is not a file")
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except (DecodeError, RuntimeWarning, ValueError, OSError, UnicodeDecodeError) as exc:
+            raise ModelError(f"{path} is not a valid ONNX model (cannot parse it: {_first_line(exc)})") from None
+        if not proto.graph.node and not proto.graph.output:
+            raise ModelError(f"{path} is not a valid ONNX model (no graph found: empty, truncated or another format)")
+        check_external_data(proto, path.parent)
+        if _has_external(proto):
+            try:
+                onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
+            except (OSError, ValueError) as exc:
+                raise ModelError(f"{path}: cannot read its external data: {_first_line(exc)}") from None
+        model = cls(proto, source=path)
+        model.check()
+        if input_shapes:
+            model = model.with_input_shapes(input_shapes)
+        return model.infer_shapes()
+
+    def replace(self, proto: onnx.ModelProto, step: str | None = None) -> Model:
+        """A new Model holding `proto`, keeping this one's history (plus `step` when given)."""
+        history = (*self.history, step) if step else self.history
+        return Model(proto, history, self.source)
+
+    def copy_proto(self) -> onnx.ModelProto:
+        """A deep copy of the proto to edit."""
+        clone = onnx.ModelProto()
+        clone.CopyFrom(self.proto)
+        return clone
+
+    # -- checks -------------------------------------------------------------------------------
+    def check(self) -> None:
+        """onnx.checker with full_check (strict shape inference); ModelError with its first line."""
+        try:
+            if self.proto.ByteSize() > TWO_GB:
+                onnx.checker.check_model(str(self.path), full_check=True)
+            else:
+                onnx.checker.check_model(self.proto, full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as exc:
+            where = self.source or "the model"
+            raise ModelError(f"{where} is not a valid ONNX model: {_first_line(exc)}") from None
+
+    def infer_shapes(self) -> Model:
+        """onnx shape inference; where outputs stay untyped, onnxruntime's symbolic shape inference."""
+        try:
+            inferred = onnx.shape_inference.infer_shapes(self.proto, strict_mode=False, data_prop=True)
+        except Exception:  # noqa: BLE001 - shape inference is best effort after the checker passed
+            inferred = self.proto
+        if _untyped_outputs(inferred):
+            try:
+                from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+                symbolic = SymbolicShapeInference.infer_shapes(inferred, auto_merge=True, guess_output_rank=True)
+                if symbolic is not None:
+                    inferred = symbolic
+            except Exception:  # noqa: BLE001 - symbolic inference fails on some custom ops
+                pass
+        result = Model(inferred, self.history, self.source)
+        return result
+
+    def with_input_shapes(self, shapes: Mapping[str, Sequence[int]]) -> Model:
+        """Pin dynamic input dimensions (`--input-shapes`), e.g. {"input": [1, 3, 224, 224]}."""
+        proto = self.copy_proto()
+        inputs = {i.name: i for i in self.graph_inputs(proto)}
+        for name, dims in shapes.items():
+            if name not in inputs:
+                raise ModelError(f"--input-shapes names {name!r}, but the model's inputs are {', '.join(inputs)}")
+            tensor_type = inputs[name].type.tensor_type
+            if len(tensor_type.shape.dim) != len(dims):
+                raise ModelError(
+                    f"--input-shapes gives {name} rank {len(dims)}, the model has rank {len(tensor_type.shape.dim)}"
+                )
+            for dim, value in zip(tensor_type.shape.dim, dims):
+                if dim.HasField("dim_value") and dim.dim_value != value:
+                    raise ModelError(f"--input-shapes: {name} has fixed dimension {dim.dim_value}, not {value}")
+                dim.Clear()
+                dim.dim_value = int(value)
+        return Model(proto, self.history, self.source)
+
+    # -- description --------------------------------------------------------------------------
+    @staticmethod
+    def graph_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+        init = {t.name for t in proto.graph.initializer}
+        return [i for i in proto.graph.input if i.name not in init]
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return [_spec(v) for v in self.graph_inputs(self.proto)]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return [_spec(v) for v in self.proto.graph.output]
+
+    @property
+    def opset(self) -> int:
+        for imp in self.proto.opset_import:
+            if imp.domain in ("", "ai.onnx"):
+                return imp.version
+        return 0
+
+    def op_histogram(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for node in self.proto.graph.node:
+            key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+            counts[key] = counts.get(key, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def weights(self) -> Iterable[tuple[str, np.ndarray]]:
+        """Every constant tensor: initializers (dense and sparse) and Constant nodes' values."""
+        for tensor in self.proto.graph.initializer:
+            yield tensor.name, numpy_helper.to_array(tensor)
+        for sparse in self.proto.graph.sparse_initializer:
+            values = numpy_helper.to_array(sparse.values)
+            yield sparse.values.name, _densify(sparse, values)
+        for node in _all_nodes(self.proto.graph):
+            if node.op_type == "Constant":
+                for attr in node.attribute:
+                    if attr.name == "value":
+                        yield node.output[0], numpy_helper.to_array(attr.t)
+
+    def stats(self) -> dict[str, int]:
+        """Nodes, parameters, non-zero parameters, and the serialized size in bytes."""
+        params = nonzero = 0
+        for _, array in self.weights():
+            if array.dtype.kind in "fiuc":
+                params += array.size
+                nonzero += int(np.count_nonzero(array))
+        return {
+            "nodes": sum(1 for _ in _all_nodes(self.proto.graph)),
+            "parameters": params,
+            "nonzero_parameters": nonzero,
+            "size_bytes": self.size_bytes(),
+        }
+
+    def size_bytes(self) -> int:
+        """Bytes on disk of the saved model (protobuf plus external data)."""
+        path = self.path
+        data = path.with_name(f"{path.name}.data")
+        return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+    # -- saving -------------------------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        """A saved copy on disk for tools that take paths (written once, removed with the Model)."""
+        if self._path is None:
+            self._tmpdir = tempfile.mkdtemp(prefix="edgeplug-model-")
+            weakref.finalize(self, shutil.rmtree, self._tmpdir, True)
+            self._path = Path(self._tmpdir) / "model.onnx"
+            self.save(self._path)
+        return self._path
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write atomically; models over 2 GB get their weights in `<name>.data` beside the file."""
+        path = Path(path)
+        if self.source is not None and path.exists() and path.resolve() == self.source.resolve():
+            raise ModelError(f"refusing to overwrite the input model {path}; choose another output folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if self.proto.ByteSize() > TWO_GB:
+            data_name = f"{path.name}.data"
+            staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=".edgeplug-"))
+            onnx.save_model(self.copy_proto(), str(staging / path.name), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+            os.replace(staging / data_name, path.parent / data_name)
+            os.replace(staging / path.name, path)
+            staging.rmdir()
+            return path
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with open(tmp, "wb") as fh:
+            fh.write(self.proto.SerializeToString())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return path
+
+    def serialized(self) -> bytes:
+        return self.proto.SerializeToString()
+
+    # -- graphsurgeon -------------------------------------------------------------------------
+    def to_graphsurgeon(self) -> gs.Graph:
+        """An onnx-graphsurgeon Graph of this model (edit it freely; the Model is untouched)."""
+        import onnx_graphsurgeon as gs
+
+        return gs.import_onnx(self.proto)
+
+    @classmethod
+    def from_graphsurgeon(cls, graph: gs.Graph, like: Model, step: str | None = None) -> Model:
+        """Export `graph`, restoring what graphsurgeon drops (metadata_props, opset imports, ir_version)."""
+        import onnx_graphsurgeon as gs
+
+        proto = gs.export_onnx(graph, do_type_check=False)
+        restore_model_fields(proto, like.proto)
+        return like.replace(proto, step)
+
+    def __repr__(self) -> str:
+        steps = ",".join(self.history) or "original"
+        return f"<Model {self.proto.graph.name or 'graph'} opset={self.opset} steps={steps}>"
+
+
+def restore_model_fields(proto: onnx.ModelProto, like: onnx.ModelProto) -> None:
+    """Copy model-level fields from `like` that a graph round trip loses."""
+    proto.ir_version = like.ir_version
+    proto.producer_name = like.producer_name
+    proto.producer_version = like.producer_version
+    proto.domain = like.domain
+    proto.model_version = like.model_version
+    proto.doc_string = like.doc_string
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(like.metadata_props)
+    known = {imp.domain: imp for imp in proto.opset_import}
+    for imp in like.opset_import:
+        if imp.domain not in known:
+            proto.opset_import.append(imp)
+        elif known[imp.domain].version != imp.version and imp.domain in ("", "ai.onnx"):
+            known[imp.domain].version = imp.version
+    if not proto.functions and like.functions:
+        proto.functions.extend(like.functions)
+
+
+def set_metadata(proto: onnx.ModelProto, key: str, value: str) -> None:
+    """Set one metadata_props entry (replacing an existing one)."""
+    for prop in proto.metadata_props:
+        if prop.key == key:
+            prop.value = value
+            return
+    proto.metadata_props.add(key=key, value=value)
+
+
+def get_metadata(proto: onnx.ModelProto, key: str) -> str | None:
+    for prop in proto.metadata_props:
+        if prop.key == key:
+            return prop.value
+    return None
+
+
+def check_external_data(proto: onnx.ModelProto, base: Path) -> None:
+    """Refuse external-data locations that are absolute or escape the model's folder."""
+    root = base.resolve()
+    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (root / location).resolve()
+        if os.path.isabs(location) or not target.is_relative_to(root):
+            raise ModelError(
+                f"tensor {tensor.name!r} points its external data outside the model's folder ({location}); refused"
+            )
+        if not target.is_file():
+            raise ModelError(f"tensor {tensor.name!r}: its external data file {location} is missing")
+
+
+def _has_external(proto: onnx.ModelProto) -> bool:
+    return any(
+        t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.external_data_helper._get_all_tensors(proto)
+    )
+
+
+def _all_nodes(graph: onnx.GraphProto) -> Iterable[onnx.NodeProto]:
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(attr.g)
+            for sub in attr.graphs:
+                yield from _all_nodes(sub)
+
+
+def _densify(sparse: onnx.SparseTensorProto, values: np.ndarray) -> np.ndarray:
+    dense = np.zeros(int(np.prod(sparse.dims)), dtype=values.dtype)
+    indices = numpy_helper.to_array(sparse.indices)
+    if indices.ndim == 2:
+        indices = np.ravel_multi_index(tuple(indices.T), tuple(sparse.dims))
+    dense[indices.astype(np.int64)] = values.ravel()
+    return dense.reshape(tuple(sparse.dims))
+
+
+def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
+    tensor_type = value.type.tensor_type
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)) if tensor_type.elem_type else np.dtype("float32")
+    dims: list[int | str | None] = []
+    for dim in tensor_type.shape.dim:
+        if dim.HasField("dim_value"):
+            dims.append(int(dim.dim_value))
+        elif dim.HasField("dim_param"):
+            dims.append(dim.dim_param)
+        else:
+            dims.append(None)
+    return TensorSpec(value.name, dtype, tuple(dims))
+
+
+def _untyped_outputs(proto: onnx.ModelProto) -> bool:
+    return any(not o.type.tensor_type.HasField("shape") for o in proto.graph.output)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def describe(model: Model) -> dict[str, Any]:
+    """What `edgeplug inspect` prints."""
+    return {
+        "inputs": [i.describe() for i in model.inputs],
+        "outputs": [o.describe() for o in model.outputs],
+        "opset": model.opset,
+        "ir_version": model.proto.ir_version,
+        "producer": f"{model.proto.producer_name} {model.proto.producer_version}".strip(),
+        "ops": model.op_histogram(),
+        **model.stats(),
+    }

@@ -1,0 +1,353 @@
+"""The runner: load, pre_optimize, transform_graph + verify + measure per step, compile, report."""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import bench, plugins, verify
+from .context import Artifact, RunContext, sha256_file
+from .data import Dataset, Preprocess, load_data
+from .errors import EdgeplugError, ModelError, OptionError, PluginError, VerificationError
+from .model import Model
+from .options import Tolerance, parse_assignments, read_config, resolve, split_tolerance
+from .report import new_report, print_summary, write_json
+
+CORE = "core"
+
+
+@dataclass
+class RunSettings:
+    """Everything `edgeplug run` takes; `options` maps plugin -> {key: value} (strings or typed)."""
+
+    plugins: list[str]
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    config: Path | None = None
+    data: str | None = None
+    calibration_data: str | None = None
+    preprocess: str | None = None
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    output_dir: Path | None = None
+    on_fail: str = "fail"
+    bench: bool = False
+    bench_runs: int = 30
+    threads: int = 1
+    seed: int = 0
+    quiet: bool = False
+    debug: bool = False
+
+
+@dataclass
+class RunResult:
+    model: Model
+    report: dict[str, Any]
+    output_dir: Path
+    artifact: Artifact | None = None
+
+
+def parse_input_shapes(text: str | None) -> dict[str, list[int]]:
+    """`input:1x3x224x224,mask:1x128` into {name: dims}."""
+    shapes: dict[str, list[int]] = {}
+    if not text:
+        return shapes
+    for item in text.split(","):
+        name, sep, dims = item.rpartition(":")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shapes[name.strip()] = [int(d) for d in dims.lower().split("x")]
+        except ValueError:
+            raise OptionError(f"bad --input-shapes item {item!r}: write NAME:1x3x224x224") from None
+    return shapes
+
+
+def merged_options(settings: RunSettings) -> dict[str, dict[str, Any]]:
+    """Config-file tables overlaid by the explicit options (the command line wins)."""
+    given: dict[str, dict[str, Any]] = {}
+    if settings.config:
+        for plugin, table in read_config(settings.config).items():
+            given.setdefault(plugin, {}).update(table)
+    for plugin, table in settings.options.items():
+        given.setdefault(plugin, {}).update(table)
+    return given
+
+
+class Pipeline:
+    """One `edgeplug run`. Use `run()`; state lives here so the report is written even on failure."""
+
+    def __init__(self, model_path: Path | Model, settings: RunSettings) -> None:
+        self.settings = settings
+        self.pm = plugins.load_plugins()
+        self.chain = tuple(settings.plugins)
+        plugins.check_selection(self.pm, list(self.chain))
+        schemas = {name: plugins.options_schema(self.pm, name) for name in plugins.names(self.pm)}
+        values, user_keys = resolve(schemas, self.chain, merged_options(settings))
+        self.options: dict[str, dict[str, Any]] = {}
+        self.tolerances: dict[str, Tolerance] = {}
+        for name in self.chain:
+            self.options[name], self.tolerances[name] = split_tolerance(values[name], user_keys[name])
+        self.input = model_path
+        stem = model_path.stem if isinstance(model_path, Path) else (model_path.source.stem if model_path.source else "model")
+        self.stem = stem
+        self.out = Path(settings.output_dir or Path("edgeplug-out") / stem)
+        compilers = [n for n in self.chain if plugins.has_hook(self.pm, "compile", n)]
+        if len(compilers) > 1:
+            raise OptionError(f"at most one compiling plugin per run; {', '.join(compilers)} all compile")
+        self.compiler = compilers[0] if compilers else None
+        self.report = new_report(self._settings_dict(), settings.threads, settings.seed)
+        self.data: Dataset | None = None
+        self.details: dict[str, dict[str, Any]] = {n: {} for n in self.chain}
+
+    def _settings_dict(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "model": str(self.input if isinstance(self.input, Path) else self.input.source),
+            "plugins": list(self.chain),
+            "options": self.options,
+            "tolerances": {n: t.as_dict() for n, t in self.tolerances.items()},
+            "data": s.data,
+            "calibration_data": s.calibration_data,
+            "input_shapes": s.input_shapes,
+            "on_fail": s.on_fail,
+            "bench": s.bench,
+        }
+
+    def ctx(self, plugin: str, data: Dataset | None = None) -> RunContext:
+        workdir = self.out
+        return RunContext(
+            plugin=plugin,
+            options=self.options.get(plugin, {}),
+            tolerance=self.tolerances.get(plugin, Tolerance()),
+            data=data if data is not None else self.data,  # type: ignore[arg-type]
+            chain=self.chain,
+            workdir=workdir,
+            threads=self.settings.threads,
+            seed=self.settings.seed,
+            details=self.details.setdefault(plugin, {}),
+            quiet=self.settings.quiet,
+            data_path=self.settings.data,
+        )
+
+    def log(self, message: str) -> None:
+        if not self.settings.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    # -- stages -------------------------------------------------------------------------------
+    def load(self) -> Model:
+        if isinstance(self.input, Model):
+            model = self.input
+            if self.settings.input_shapes:
+                model = model.with_input_shapes(self.settings.input_shapes).infer_shapes()
+            return model
+        path = self.input
+        if not path.exists():
+            raise ModelError(f"{path} does not exist")
+        for name in self.chain:
+            if plugins.has_hook(self.pm, "load_model", name):
+                loaded = plugins.call_one(self.pm, "load_model", name, path=path, ctx=self.ctx(name))
+                if loaded is not None:
+                    self.log(f"[{name}] loaded {path}")
+                    if self.settings.input_shapes:
+                        loaded = loaded.with_input_shapes(self.settings.input_shapes).infer_shapes()
+                    return loaded
+        core_ctx = self.ctx(CORE)
+        core_ctx.options = {"input_shapes": self.settings.input_shapes}
+        return plugins.call_one(self.pm, "load_model", CORE, path=path, ctx=core_ctx)
+
+    def measure(self, model: Model, outputs: Mapping[str, np.ndarray], path: Path | None) -> dict[str, Any]:
+        metrics: dict[str, Any] = model.stats()
+        acc = verify.accuracy(outputs, self.data.validation_labels if self.data else None)
+        if acc is not None:
+            metrics["accuracy"] = acc
+        if self.settings.bench and path is not None:
+            feed = self.data.validation[0] if self.data else None
+            metrics["latency"] = bench.measure(path, self.settings.threads, self.settings.bench_runs, inputs=feed)
+        return metrics
+
+    def run(self) -> RunResult:
+        start = time.perf_counter()
+        try:
+            return self._run()
+        except BaseException as exc:
+            self.report["status"] = "failed"
+            self.report["error"] = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self.report["seconds"] = round(time.perf_counter() - start, 3)
+            if self.out.exists():
+                write_json(self.out / "report.json", self.report)
+
+    def _run(self) -> RunResult:
+        s = self.settings
+        model = self.load()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.data = load_data(
+            s.data, model, seed=s.seed, calibration=s.calibration_data, preprocess=Preprocess.parse(s.preprocess)
+        )
+        self.report["data"] = self.data.summary()
+        if self.data.source == "generated":
+            self.log("no --data: verifying on inputs generated from the model's input spec")
+        original = model
+        self.log(f"verifying on {len(self.data.validation)} validation samples")
+        original_out = verify.outputs_of(original, self.data.validation, s.threads)
+        orig_path = None
+        if s.bench:
+            orig_path = self.out / "steps" / "00-original.onnx"
+            original.save(orig_path)
+        self.report["original"] = {"metrics": self.measure(original, original_out, orig_path)}
+
+        for name in self.chain:
+            if plugins.has_hook(self.pm, "pre_optimize", name):
+                self.log(f"[{name}] pre_optimize")
+                plugins.call_one(self.pm, "pre_optimize", name, model=model, ctx=self.ctx(name))
+
+        prev_out = original_out
+        for index, name in enumerate(self.chain, 1):
+            step, new_model, new_out = self.step(index, name, model, prev_out, original_out)
+            self.report["steps"].append(step)
+            if step["status"] == "applied":
+                model, prev_out = new_model, new_out
+            elif step["status"] == "failed":
+                if s.on_fail == "skip":
+                    step["status"] = "skipped"
+                    self.log(f"[{name}] failed verification, skipped (--on-fail skip): {step['error']}")
+                else:
+                    raise VerificationError(f"step {index} ({name}) failed: {step['error']}", step=name)
+
+        final_path = self.out / f"{self.stem}.onnx"
+        if isinstance(self.input, Path) and final_path.resolve() == self.input.resolve():
+            raise ModelError(f"the output {final_path} would overwrite the input model; choose another --output-dir")
+        model.save(final_path)
+        artifact = self.compile(model, final_path, prev_out)
+        digest = sha256_file(final_path)
+        self.report["final"] = {"path": str(final_path), "sha256": digest, "history": list(model.history)}
+        sidecar = {
+            "model": final_path.name,
+            "sha256": digest,
+            "steps": list(model.history),
+            "artifact": {"kind": artifact.kind, "files": {k: v for k, v in artifact.sha256.items()}} if artifact else None,
+        }
+        write_json(self.out / f"{self.stem}.edgeplug.json", sidecar)
+        self.report["status"] = "ok"
+        if not s.quiet:
+            print_summary(self.report)
+        return RunResult(model, self.report, self.out, artifact)
+
+    def step(
+        self, index: int, name: str, model: Model, prev_out: dict[str, np.ndarray], original_out: dict[str, np.ndarray]
+    ) -> tuple[dict[str, Any], Model | None, dict[str, np.ndarray] | None]:
+        ctx = self.ctx(name)
+        entry: dict[str, Any] = {"index": index, "plugin": name, "tolerance": ctx.tolerance.as_dict()}
+        self.log(f"[{name}] transform_graph")
+        before = model.serialized()
+        t0 = time.perf_counter()
+        try:
+            new = plugins.call_one(self.pm, "transform_graph", name, model=model, ctx=ctx)
+        except EdgeplugError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a crashing plugin fails its step, it does not kill the run
+            entry.update(status="failed", seconds=round(time.perf_counter() - t0, 3), details=ctx.details,
+                         error=f"plugin raised {type(exc).__name__}: {exc}")
+            if self.settings.debug:
+                traceback.print_exc()
+            return entry, None, None
+        entry["seconds"] = round(time.perf_counter() - t0, 3)
+        entry["details"] = ctx.details
+        if model.serialized() != before:
+            raise PluginError(f"plugin {name!r} modified the model it was given; transform_graph must return a new Model")
+        if new is None:
+            entry["status"] = "not_applicable"
+            self.log(f"[{name}] not applicable to this model")
+            return entry, None, None
+        if not isinstance(new, Model):
+            raise PluginError(f"plugin {name!r} returned {type(new).__name__} from transform_graph, not a Model")
+        if not new.history or new.history[-1] != name:
+            new = new.replace(new.proto, name)
+        try:
+            new.check()
+        except ModelError as exc:
+            entry.update(status="failed", error=f"the transformed model is invalid: {exc}")
+            return entry, None, None
+        try:
+            new_out = verify.outputs_of(new, self.data.validation, self.settings.threads)
+        except EdgeplugError as exc:
+            entry.update(status="failed", error=str(exc))
+            return entry, None, None
+        vs_prev = verify.compare(prev_out, new_out)
+        failures = verify.check(vs_prev, ctx.tolerance)
+        vs_orig = verify.compare(original_out, new_out)
+        verify.check(vs_orig, Tolerance())
+        entry["verification"] = {"vs_previous": vs_prev, "vs_original": vs_orig, "passed": not failures,
+                                 "failures": failures}
+        if failures:
+            self.log(f"[{name}] verification failed; locating the first diverging node")
+            divergence = verify.first_divergence(model, new, self.data.validation[0], ctx.tolerance)
+            entry["verification"]["divergence"] = divergence
+            where = ""
+            if divergence and divergence.get("node"):
+                where = f"; first diverging node: {divergence['node']} ({divergence['op_type']})"
+            entry.update(status="failed", error="; ".join(failures) + where)
+            return entry, None, None
+        path = self.out / "steps" / f"{index:02d}-{name}.onnx"
+        new.save(path)
+        entry["path"] = str(path)
+        entry["status"] = "applied"
+        entry["metrics"] = self.measure(new, new_out, path)
+        entry["bought"] = bought(self.report["steps"], self.report["original"]["metrics"], entry["metrics"])
+        return entry, new, new_out
+
+    def compile(self, model: Model, final_path: Path, final_out: dict[str, np.ndarray]) -> Artifact | None:
+        if self.compiler is None:
+            return Artifact.of("onnx", [final_path])
+        name = self.compiler
+        self.log(f"[{name}] compile")
+        ctx = self.ctx(name)
+        artifact = plugins.call_one(self.pm, "compile", name, model=model, ctx=ctx)
+        if artifact is None:
+            return Artifact.of("onnx", [final_path])
+        self.report["compile"] = {"plugin": name, "kind": artifact.kind, "files": [str(f) for f in artifact.files],
+                                  "sha256": artifact.sha256, "info": artifact.info, "details": ctx.details}
+        self.verify_artifact(artifact, final_out, ctx.tolerance)
+        return artifact
+
+    def verify_artifact(self, artifact: Artifact, final_out: dict[str, np.ndarray], tol: Tolerance) -> None:
+        """Run a compiled artifact through a plugin's make_runner, when one can, against the final model."""
+        runner = self.pm.hook.make_runner(artifact=artifact, options={"threads": self.settings.threads})
+        if runner is None or artifact.kind == "onnx":
+            return
+        outputs: dict[str, list[np.ndarray]] = {}
+        for sample in self.data.validation:
+            for key, value in runner(sample).items():
+                outputs.setdefault(key, []).append(np.asarray(value))
+        got = {k: np.concatenate(v, axis=0) for k, v in outputs.items()}
+        metrics = verify.compare(final_out, got)
+        failures = verify.check(metrics, tol)
+        self.report["compile"]["verification"] = {"vs_final_model": metrics, "passed": not failures,
+                                                  "failures": failures}
+        if failures:
+            raise VerificationError(f"compiled {artifact.kind} differs from the model: {'; '.join(failures)}",
+                                    step=self.compiler)
+
+
+def bought(steps: Sequence[dict[str, Any]], original: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """What a step bought against the previous applied model: size, nodes and latency ratios."""
+    prev = original
+    for step in reversed(steps):
+        if step["status"] == "applied":
+            prev = step["metrics"]
+            break
+    result = {
+        "size_ratio": prev["size_bytes"] / max(metrics["size_bytes"], 1),
+        "nodes_delta": metrics["nodes"] - prev["nodes"],
+        "nonzero_parameters_ratio": prev["nonzero_parameters"] / max(metrics["nonzero_parameters"], 1),
+    }
+    if metrics.get("latency") and prev.get("latency"):
+        result["speedup_p50"] = prev["latency"]["p50_ms"] / metrics["latency"]["p50_ms"]
+    return result

@@ -1,0 +1,142 @@
+"""The plugin manager: entry-point group `edgeplug`, loaded lazily and once.
+
+`EDGEPLUG_PLUGINS=fuse,quant` restricts which installed plugins load (the core's default plugin
+always loads). A plugin whose import fails is recorded in `broken()` and breaks nothing else.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import OptionError, PluginError
+from .options import Option, schema_for, suggest
+
+DEFAULT_PLUGINS = {"core": "edgeplug.default_plugin"}
+ENV_VAR = "EDGEPLUG_PLUGINS"
+
+_pm: pluggy.PluginManager | None = None
+_broken: dict[str, str] = {}
+_dists: dict[str, tuple[str, str]] = {}
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    distribution: str
+    version: str
+    hooks: tuple[str, ...]
+    options: dict[str, Option]
+
+
+def load_plugins(refresh: bool = False) -> pluggy.PluginManager:
+    """The plugin manager with the default plugin and every installed `edgeplug` entry point."""
+    global _pm
+    if _pm is not None and not refresh:
+        return _pm
+    import importlib
+
+    pm = pluggy.PluginManager("edgeplug")
+    pm.add_hookspecs(hookspecs)
+    _broken.clear()
+    _dists.clear()
+    for name, module in DEFAULT_PLUGINS.items():
+        pm.register(importlib.import_module(module), name=name)
+        _dists[name] = ("edgeplug", _version("edgeplug"))
+    allowed = _allowed()
+    for ep in md.entry_points(group="edgeplug"):
+        if ep.name in DEFAULT_PLUGINS or pm.has_plugin(ep.name):
+            continue
+        if allowed is not None and ep.name not in allowed:
+            continue
+        dist = getattr(ep, "dist", None)
+        _dists[ep.name] = (dist.metadata["Name"], dist.version) if dist else ("?", "?")
+        try:
+            pm.register(ep.load(), name=ep.name)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others
+            _broken[ep.name] = f"Error importing plugin {ep.name!r}: {type(exc).__name__}: {exc}"
+    pm.check_pending()
+    _pm = pm
+    return pm
+
+
+def _allowed() -> set[str] | None:
+    raw = os.environ.get(ENV_VAR)
+    if raw is None:
+        return None
+    return {p.strip() for p in raw.split(",") if p.strip()}
+
+
+def _version(dist: str) -> str:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "unknown"
+
+
+def broken() -> dict[str, str]:
+    """Plugins that failed to import, with their error."""
+    load_plugins()
+    return dict(_broken)
+
+
+def names(pm: pluggy.PluginManager) -> list[str]:
+    """Registered plugin names a user can select (the core's default plugin excluded)."""
+    return sorted(n for n, _ in pm.list_name_plugin() if n and n not in DEFAULT_PLUGINS)
+
+
+def call_one(pm: pluggy.PluginManager, hook: str, plugin: str, **kwargs: Any) -> Any:
+    """Call `hook` on one plugin only (pluggy's subset_hook_caller), or None if it lacks the hook."""
+    target = pm.get_plugin(plugin)
+    others = [p for n, p in pm.list_name_plugin() if n != plugin]
+    caller = pm.subset_hook_caller(hook, remove_plugins=others)
+    impls = [i for i in caller.get_hookimpls() if i.plugin is target]
+    if not impls:
+        return None
+    return caller(**kwargs)
+
+
+def has_hook(pm: pluggy.PluginManager, hook: str, plugin: str) -> bool:
+    target = pm.get_plugin(plugin)
+    return any(i.plugin is target for i in getattr(pm.hook, hook).get_hookimpls())
+
+
+def options_schema(pm: pluggy.PluginManager, plugin: str) -> dict[str, Option]:
+    """The options of one plugin, the core's tolerance options included."""
+    declared = call_one(pm, "plugin_options", plugin) or []
+    flat: list[Option] = []
+    for item in declared:
+        flat.extend(item if isinstance(item, list) else [item])
+    return schema_for(flat)
+
+
+def check_selection(pm: pluggy.PluginManager, selected: list[str]) -> None:
+    """Unknown or broken names are refused with the closest known names."""
+    known = names(pm)
+    seen: set[str] = set()
+    for name in selected:
+        if name in _broken:
+            raise PluginError(f"plugin {name!r} is installed but failed to load: {_broken[name]}")
+        if name not in known:
+            raise OptionError(f"unknown plugin {name!r}: {suggest(name, known)}")
+        if name in seen:
+            raise OptionError(f"plugin {name!r} is selected twice")
+        seen.add(name)
+
+
+def describe(pm: pluggy.PluginManager) -> list[PluginInfo]:
+    """Name, distribution, version, hooks and options of every loaded plugin."""
+    infos = []
+    for name, plugin in sorted(pm.list_name_plugin(), key=lambda np_: np_[0] or ""):
+        if plugin is None:
+            continue
+        hooks = tuple(sorted(c.name for c in pm.get_hookcallers(plugin) or []))
+        dist, version = _dists.get(name, ("?", "?"))
+        options = {} if name in DEFAULT_PLUGINS else options_schema(pm, name)
+        infos.append(PluginInfo(name, dist, version, hooks, options))
+    return infos

@@ -1,0 +1,54 @@
+"""onnxruntime sessions: the default way edgeplug runs a model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import EdgeplugError
+
+PROVIDER = "CPUExecutionProvider"
+
+
+def session(
+    model: str | os.PathLike[str] | bytes, threads: int = 1, optimize: bool = True
+) -> ort.InferenceSession:
+    """A CPU session with fixed intra-op threads; `optimize=False` keeps every node (for intermediate outputs)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = model if isinstance(model, bytes) else str(Path(model))
+    try:
+        return ort.InferenceSession(source, sess_options=opts, providers=[PROVIDER])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+        raise EdgeplugError(f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0]}") from None
+
+
+def run_all(sess: ort.InferenceSession, samples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Run every sample and concatenate each output along the batch axis."""
+    names = [o.name for o in sess.get_outputs()]
+    collected: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for sample in samples:
+        try:
+            results = sess.run(names, sample)
+        except Exception as exc:  # noqa: BLE001
+            raise EdgeplugError(f"onnxruntime failed to run the model: {str(exc).strip().splitlines()[0]}") from None
+        for name, value in zip(names, results):
+            collected[name].append(np.asarray(value))
+    return {n: _concat(v) for n, v in collected.items()}
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    if not parts:
+        return np.empty(0)
+    if parts[0].ndim == 0:
+        return np.stack(parts)
+    return np.concatenate(parts, axis=0)
