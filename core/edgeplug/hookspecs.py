@@ -52,7 +52,7 @@ def make_runner(artifact: Artifact, options: dict[str, Any]) -> Runner | None:
     """Return a callable running `artifact` on an input dict, or None if this plugin cannot run it."""
 
 
-@hookspec
+@hookspec(firstresult=True)
 def guard_inference(request: InferenceRequest) -> Any:
     """Guard one inference. Implement as `@hookimpl(wrapper=True)`: check `request.inputs`, optionally
     replace `request.run`, `result = yield`, then check or filter the InferenceResult and return it.

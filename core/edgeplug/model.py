@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
 TWO_GB = 2**31 - 1
+EXTERNAL_MIN_BYTES = 1024  # tensors smaller than this stay inside the .onnx
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class Model:
             raise ModelError(f"{where} is not a valid ONNX model: {_first_line(exc)}") from None
 
     def infer_shapes(self) -> Model:
-        """onnx shape inference; where outputs stay untyped, onnxruntime's symbolic shape inference."""
+        """onnx shape inference; where node outputs stay untyped, onnxruntime's symbolic shape inference."""
         try:
             inferred = onnx.shape_inference.infer_shapes(self.proto, strict_mode=False, data_prop=True)
         except Exception:  # noqa: BLE001 - shape inference is best effort after the checker passed
@@ -225,8 +226,9 @@ class Model:
             data_name = f"{path.name}.data"
             staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=".edgeplug-"))
             onnx.save_model(self.copy_proto(), str(staging / path.name), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
-            os.replace(staging / data_name, path.parent / data_name)
+                            all_tensors_to_one_file=True, location=data_name, size_threshold=EXTERNAL_MIN_BYTES)
+            if (staging / data_name).exists():
+                os.replace(staging / data_name, path.parent / data_name)
             os.replace(staging / path.name, path)
             staging.rmdir()
             return path
@@ -354,7 +356,10 @@ def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
 
 
 def _untyped_outputs(proto: onnx.ModelProto) -> bool:
-    return any(not o.type.tensor_type.HasField("shape") for o in proto.graph.output)
+    """True when a node output has no inferred type (custom or contrib ops onnx does not know)."""
+    typed = {v.name for v in (*proto.graph.value_info, *proto.graph.output, *proto.graph.input)}
+    typed.update(t.name for t in proto.graph.initializer)
+    return any(name and name not in typed for node in proto.graph.node for name in node.output)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -184,8 +184,16 @@ class Pipeline:
             if self.out.exists():
                 write_json(self.out / "report.json", self.report)
 
+    @property
+    def final_path(self) -> Path:
+        return self.out / f"{self.stem}.onnx"
+
     def _run(self) -> RunResult:
         s = self.settings
+        if isinstance(self.input, Path) and self.final_path.resolve() == self.input.resolve():
+            raise ModelError(
+                f"the output {self.final_path} would overwrite the input model; choose another --output-dir"
+            )
         model = self.load()
         self.out.mkdir(parents=True, exist_ok=True)
         self.data = load_data(
@@ -221,9 +229,7 @@ class Pipeline:
                 else:
                     raise VerificationError(f"step {index} ({name}) failed: {step['error']}", step=name)
 
-        final_path = self.out / f"{self.stem}.onnx"
-        if isinstance(self.input, Path) and final_path.resolve() == self.input.resolve():
-            raise ModelError(f"the output {final_path} would overwrite the input model; choose another --output-dir")
+        final_path = self.final_path
         model.save(final_path)
         artifact = self.compile(model, final_path, prev_out)
         digest = sha256_file(final_path)

@@ -60,7 +60,12 @@ def load_plugins(refresh: bool = False) -> pluggy.PluginManager:
             pm.register(ep.load(), name=ep.name)
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the others
             _broken[ep.name] = f"Error importing plugin {ep.name!r}: {type(exc).__name__}: {exc}"
-    pm.check_pending()
+            continue
+        try:
+            pm.check_pending()  # a misspelt hook name fails loudly, as in pytest
+        except pluggy.PluginValidationError as exc:
+            pm.unregister(name=ep.name)
+            _broken[ep.name] = f"Invalid plugin {ep.name!r}: {exc}"
     _pm = pm
     return pm
 

@@ -1,0 +1,5 @@
+"""`python -m edgeplug` is the `edgeplug` command."""
+
+from .cli import main
+
+main()

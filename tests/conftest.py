@@ -1,0 +1,91 @@
+"""Shared fixtures: the example model, small hand-built models, and in-process plugin registration."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import edgeplug
+from edgeplug import plugins as plugin_registry
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture(scope="session")
+def example_model() -> Path:
+    return EXAMPLES / "digits_cnn.onnx"
+
+
+@pytest.fixture(scope="session")
+def example_test_data() -> Path:
+    return EXAMPLES / "digits_test.npz"
+
+
+@pytest.fixture(scope="session")
+def example_train_data() -> Path:
+    return EXAMPLES / "digits_train.npz"
+
+
+def conv_net(opset: int = 17, batch: int | str = "N") -> onnx.ModelProto:
+    """Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm: a real, tiny image classifier."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "W"),
+        numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "B"),
+        numpy_helper.from_array(rng.standard_normal((5, 8)).astype(np.float32), "FC"),
+        numpy_helper.from_array(rng.standard_normal(5).astype(np.float32), "FCB"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "FC", "FCB"], ["logits"], transB=1, name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes, "conv_net",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 5])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.metadata_props.add(key="author", value="tests")
+    return model
+
+
+@pytest.fixture
+def tiny_model(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.onnx"
+    onnx.save(conv_net(), path)
+    return path
+
+
+@contextlib.contextmanager
+def registered(*pairs: tuple[object, str]) -> Iterator[None]:
+    """Register in-process plugins for the duration of a test, always unregistering them."""
+    pm = edgeplug.load_plugins()
+    for plugin, name in pairs:
+        pm.register(plugin, name=name)
+    try:
+        yield
+    finally:
+        for _, name in pairs:
+            if pm.has_plugin(name):
+                pm.unregister(name=name)
+
+
+@pytest.fixture
+def fresh_plugins() -> Iterator[None]:
+    """Reload entry points before and after a test that changes what is installed."""
+    plugin_registry.load_plugins(refresh=True)
+    try:
+        yield
+    finally:
+        plugin_registry.load_plugins(refresh=True)

@@ -1,0 +1,161 @@
+"""Bad input is refused with exit 2 and one line, and loses nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeplug.cli import main
+
+from ..conftest import conv_net, registered
+from .plugins_for_tests import ScaleWeights, Tag
+
+
+def refused(args: list, input_file: Path | None = None) -> str:
+    before = input_file.read_bytes() if input_file and input_file.exists() else None
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    lines = [line for line in result.output.strip().splitlines() if line.startswith("edgeplug: error:")]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    if before is not None:
+        assert input_file.read_bytes() == before
+    return lines[0]
+
+
+@pytest.fixture
+def tag_plugin():
+    with registered((Tag("a"), "a"), (ScaleWeights(), "scale")):
+        yield
+
+
+def test_corrupt_file(tmp_path, tag_plugin):
+    bad = tmp_path / "corrupt.onnx"
+    data = bytearray(onnx.load_model_from_string(conv_net().SerializeToString()).SerializeToString())
+    data[10:60] = b"\xff" * 50
+    bad.write_bytes(bytes(data))
+    line = refused(["run", bad, "--plugins", "a", "--output-dir", tmp_path / "o"], bad)
+    assert "corrupt.onnx" in line and "not a valid ONNX model" in line
+
+
+def test_truncated_file(tmp_path, tag_plugin):
+    bad = tmp_path / "truncated.onnx"
+    full = conv_net().SerializeToString()
+    bad.write_bytes(full[: len(full) // 2])
+    line = refused(["run", bad, "--plugins", "a", "--output-dir", tmp_path / "o"], bad)
+    assert "truncated.onnx" in line
+
+
+def test_not_onnx_at_all(tmp_path, tag_plugin):
+    bad = tmp_path / "notes.onnx"
+    bad.write_text("this is a text file, not a model\n")
+    refused(["inspect", bad], bad)
+    refused(["run", bad, "--plugins", "a", "--output-dir", tmp_path / "o"], bad)
+
+
+def test_missing_file(tmp_path, tag_plugin):
+    line = refused(["run", tmp_path / "nope.onnx", "--plugins", "a"])
+    assert "does not exist" in line
+
+
+def test_keras_file_without_a_keras_plugin(tmp_path, tag_plugin):
+    keras = tmp_path / "model.h5"
+    keras.write_bytes(b"\x89HDF\r\n\x1a\n")
+    line = refused(["run", keras, "--plugins", "a", "--output-dir", tmp_path / "o"], keras)
+    assert "Keras" in line
+
+
+def test_wrong_plugin_name_suggests_the_closest(tiny_model, tag_plugin):
+    line = refused(["run", tiny_model, "--plugins", "scal"], tiny_model)
+    assert "unknown plugin 'scal'" in line and "scale" in line
+
+
+def test_bad_option_value_and_unknown_key(tiny_model, tag_plugin):
+    line = refused(["run", tiny_model, "--plugins", "scale", "-o", "scale.factor=lots"], tiny_model)
+    assert "scale.factor" in line and "float" in line
+    line = refused(["run", tiny_model, "--plugins", "scale", "-o", "scale.factr=2"], tiny_model)
+    assert "scale.factor" in line or "factor" in line
+    line = refused(["run", tiny_model, "--plugins", "scale", "-o", "factor=2"], tiny_model)
+    assert "PLUGIN.KEY=VALUE" in line
+
+
+def test_bad_config_file(tiny_model, tmp_path, tag_plugin):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[scale]\nfactor = 'x'\n")
+    line = refused(["run", tiny_model, "--plugins", "scale", "--config", cfg], tiny_model)
+    assert "scale.factor" in line
+    cfg.write_text("[scale\n")
+    assert "not valid TOML" in refused(["run", tiny_model, "--plugins", "scale", "--config", cfg])
+
+
+def test_data_with_wrong_names(tiny_model, tmp_path, tag_plugin):
+    npz = tmp_path / "d.npz"
+    np.savez(npz, image=np.zeros((4, 3, 8, 8), np.float32))
+    line = refused(["run", tiny_model, "--plugins", "a", "--data", npz, "--output-dir", tmp_path / "o"], tiny_model)
+    assert "missing x" in line and "unknown image" in line
+
+
+def test_data_with_wrong_shape_or_dtype(tiny_model, tmp_path, tag_plugin):
+    npz = tmp_path / "d.npz"
+    np.savez(npz, x=np.zeros((4, 3, 9, 9), np.float32))
+    line = refused(["run", tiny_model, "--plugins", "a", "--data", npz, "--output-dir", tmp_path / "o"], tiny_model)
+    assert "x has shape [4, 3, 9, 9]" in line
+    np.savez(npz, x=np.zeros((4, 8, 8), np.float32))
+    assert "rank" in refused(["run", tiny_model, "--plugins", "a", "--data", npz, "--output-dir", tmp_path / "o"])
+    np.savez(npz, x=np.array([["a"] * 8] * 4).reshape(4, 1, 1, 8).repeat(3, 1).repeat(8, 2))
+    assert "expects float32" in refused(["run", tiny_model, "--plugins", "a", "--data", npz, "--output-dir", tmp_path / "o"])
+
+
+def test_external_data_escaping_the_models_folder(tmp_path, tag_plugin):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    model = conv_net()
+    onnx.save(model, folder / "ext.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="w.bin", size_threshold=0)
+    (tmp_path / "secret.bin").write_bytes((folder / "w.bin").read_bytes())
+    proto = onnx.load(folder / "ext.onnx", load_external_data=False)
+    for tensor in proto.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../secret.bin"
+    path = folder / "escape.onnx"
+    onnx.save(proto, path)
+    line = refused(["run", path, "--plugins", "a", "--output-dir", tmp_path / "o"], path)
+    assert "outside the model's folder" in line
+    # the legitimate external-data model loads
+    ok = CliRunner().invoke(main, ["inspect", str(folder / "ext.onnx")])
+    assert ok.exit_code == 0, ok.output
+
+
+def test_invalid_graph_is_refused_by_the_checker(tmp_path, tag_plugin):
+    w = numpy_helper.from_array(np.ones((2, 3), np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [w],
+    )
+    path = tmp_path / "bad_shapes.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    line = refused(["run", path, "--plugins", "a", "--output-dir", tmp_path / "o"], path)
+    assert "not a valid ONNX model" in line
+
+
+def test_output_dir_that_would_overwrite_the_input(tiny_model, tag_plugin):
+    line = refused(["run", tiny_model, "--plugins", "a", "--output-dir", tiny_model.parent], tiny_model)
+    assert "overwrite the input model" in line
+
+
+def test_bad_input_shapes(tiny_model, tmp_path, tag_plugin):
+    assert "NAME:1x3x224x224" in refused(["run", tiny_model, "--plugins", "a", "--input-shapes", "x=1"])
+    assert "inputs are x" in refused(["run", tiny_model, "--plugins", "a", "--input-shapes", "y:1x3x8x8",
+                                      "--output-dir", tmp_path / "o"])
+
+
+def test_debug_shows_the_traceback(tiny_model, tag_plugin):
+    result = CliRunner().invoke(main, ["--debug", "run", str(tiny_model), "--plugins", "nope"])
+    assert result.exit_code == 2

@@ -1,0 +1,111 @@
+"""Model: loading, shape inference, graphsurgeon round trip, saving."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+import edgeplug.model as model_mod
+from edgeplug import Model
+from edgeplug.verify import outputs_of
+
+from ..conftest import conv_net
+
+
+def test_graphsurgeon_round_trip_keeps_metadata_and_opsets(tiny_model):
+    model = Model.load(tiny_model)
+    proto = model.copy_proto()
+    proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    model = model.replace(proto)
+    graph = model.to_graphsurgeon()
+    graph.cleanup().toposort()
+    back = Model.from_graphsurgeon(graph, like=model, step="gs")
+    assert model_mod.get_metadata(back.proto, "author") == "tests"
+    assert {(o.domain, o.version) for o in back.proto.opset_import} >= {("", 17), ("com.microsoft", 1)}
+    assert back.history == ("gs",)
+    sample = {"x": np.random.default_rng(0).random((1, 3, 8, 8), dtype=np.float32)}
+    np.testing.assert_array_equal(outputs_of(model, [sample])["logits"], outputs_of(back, [sample])["logits"])
+
+
+def test_replace_keeps_history_and_never_touches_the_original(tiny_model):
+    model = Model.load(tiny_model)
+    proto = model.copy_proto()
+    proto.graph.node[0].name = "renamed"
+    new = model.replace(proto, "a").replace(proto, "b")
+    assert new.history == ("a", "b")
+    assert model.proto.graph.node[0].name == "conv"
+
+
+def test_path_is_a_lazily_written_copy(tiny_model):
+    model = Model.load(tiny_model)
+    path = model.path
+    assert path != tiny_model and path.exists()
+    assert Model.load(path).proto.graph.node[0].name == "conv"
+
+
+def test_save_is_atomic_and_refuses_the_input(tiny_model, tmp_path):
+    model = Model.load(tiny_model)
+    target = tmp_path / "out" / "m.onnx"
+    model.save(target)
+    assert not list(target.parent.glob(".*tmp*"))
+    try:
+        model.save(tiny_model)
+    except model_mod.ModelError as exc:
+        assert "refusing to overwrite" in str(exc)
+    else:
+        raise AssertionError("saving over the input was allowed")
+
+
+def test_large_models_are_saved_with_external_data(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(model_mod, "TWO_GB", 100)
+    monkeypatch.setattr(model_mod, "EXTERNAL_MIN_BYTES", 0)  # the same code path as a >2 GB model, at test size
+    model = Model.load(tiny_model)
+    target = tmp_path / "big.onnx"
+    model.save(target)
+    assert (tmp_path / "big.onnx.data").exists()
+    assert target.stat().st_size < (tmp_path / "big.onnx.data").stat().st_size
+    monkeypatch.undo()
+    again = Model.load(target)
+    sample = {"x": np.ones((1, 3, 8, 8), np.float32)}
+    np.testing.assert_array_equal(outputs_of(model, [sample])["logits"], outputs_of(again, [sample])["logits"])
+
+
+def test_symbolic_shape_inference_types_contrib_op_outputs(tmp_path):
+    graph = helper.make_graph(
+        [helper.make_node("Gelu", ["x"], ["g"], domain="com.microsoft"), helper.make_node("Relu", ["g"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    path = tmp_path / "contrib.onnx"
+    onnx.save(proto, path)
+    assert not onnx.shape_inference.infer_shapes(proto).graph.value_info  # onnx alone leaves g untyped
+    model = Model.load(path)
+    typed = {v.name: v for v in model.proto.graph.value_info}
+    assert "g" in typed and typed["g"].type.tensor_type.elem_type == TensorProto.FLOAT
+
+
+def test_stats_count_parameters_in_constants_and_sparse_initializers(tmp_path):
+    proto = conv_net()
+    weight = proto.graph.initializer[0]
+    dense = onnx.numpy_helper.to_array(weight).copy()
+    dense[dense < 0.5] = 0
+    values = dense[dense != 0]
+    indices = np.flatnonzero(dense).astype(np.int64)
+    sparse = helper.make_sparse_tensor(
+        onnx.numpy_helper.from_array(values, "W"), onnx.numpy_helper.from_array(indices, "W_idx"), list(dense.shape)
+    )
+    del proto.graph.initializer[0]
+    proto.graph.sparse_initializer.append(sparse)
+    stats = Model(proto).stats()
+    assert stats["parameters"] == 8 * 3 * 3 * 3 + 8 + 40 + 5
+    assert stats["nonzero_parameters"] == stats["parameters"] - int((dense == 0).sum())
+
+
+def test_opset_and_inputs(example_model):
+    model = Model.load(example_model)
+    assert model.opset == 17
+    assert model.inputs[0].name == "input" and model.inputs[0].shape[1:] == (1, 8, 8)
+    assert model.op_histogram()["BatchNormalization"] == 3
