@@ -202,6 +202,11 @@ class Pipeline:
         self.report["data"] = self.data.summary()
         if self.data.source == "generated":
             self.log("no --data: verifying on inputs generated from the model's input spec")
+        for name in self.chain:
+            if plugins.has_hook(self.pm, "pre_optimize", name):
+                self.log(f"[{name}] pre_optimize")
+                plugins.call_one(self.pm, "pre_optimize", name, model=model, ctx=self.ctx(name))
+
         original = model
         self.log(f"verifying on {len(self.data.validation)} validation samples")
         original_out = verify.outputs_of(original, self.data.validation, s.threads)
@@ -210,11 +215,6 @@ class Pipeline:
             orig_path = self.out / "steps" / "00-original.onnx"
             original.save(orig_path)
         self.report["original"] = {"metrics": self.measure(original, original_out, orig_path)}
-
-        for name in self.chain:
-            if plugins.has_hook(self.pm, "pre_optimize", name):
-                self.log(f"[{name}] pre_optimize")
-                plugins.call_one(self.pm, "pre_optimize", name, model=model, ctx=self.ctx(name))
 
         prev_out = original_out
         for index, name in enumerate(self.chain, 1):

@@ -15,7 +15,7 @@ from edgeplug.cli import main
 from edgeplug.model import get_metadata
 
 from ..conftest import registered
-from .plugins_for_tests import Crasher, Mutator, NotApplicable, ScaleWeights, Tag
+from .plugins_for_tests import Crasher, ExternalData, Mutator, NotApplicable, Refuse, ScaleWeights, Tag, TextFormat
 
 
 def run_cli(*args: str):
@@ -151,3 +151,50 @@ def test_input_shapes_pin_dynamic_dimensions(tiny_model, tmp_path):
     assert result.exit_code == 0, result.output
     final = edgeplug.Model.load(Path(tmp_path) / "out" / "tiny.onnx")
     assert final.inputs[0].shape == (2, 3, 8, 8)
+
+
+def test_pre_optimize_refusal_is_one_line(tmp_path):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    with registered((Refuse(), "refuse")):
+        result = run_cli("run", path, "--plugins", "refuse", "--output-dir", tmp_path / "o")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == "edgeplug: error: refuse: this plugin needs a model with a Conv node"
+
+
+def test_load_model_hook_reads_another_format(tmp_path):
+    text = tmp_path / "m.onnxtxt"
+    text.write_text("""<ir_version: 8, opset_import: ["" : 17]>
+g (float[1, 4] x) => (float[1, 4] y) { y = Relu(x) }""")
+    with registered((TextFormat(), "text"), (Tag("a"), "a")):
+        result = run_cli("run", text, "--plugins", "text,a", "--output-dir", tmp_path / "o")
+    assert result.exit_code == 0, result.output
+    assert Path(tmp_path / "o" / "m.onnx").exists()
+
+
+def test_compiled_artifact_is_verified_through_make_runner(tiny_model, tmp_path):
+    with registered((ExternalData(), "ext")):
+        ok = run_cli("run", tiny_model, "--plugins", "ext", "--output-dir", tmp_path / "ok")
+        bad = run_cli("run", tiny_model, "--plugins", "ext", "-o", "ext.offset=0.5", "--output-dir", tmp_path / "bad")
+    assert ok.exit_code == 0, ok.output
+    report = json.loads((tmp_path / "ok" / "report.json").read_text())
+    assert report["compile"]["kind"] == "onnx-external"
+    assert report["compile"]["verification"]["passed"] is True
+    sidecar = json.loads((tmp_path / "ok" / "tiny.edgeplug.json").read_text())
+    assert set(sidecar["artifact"]["files"]) == {"model.onnx", "weights.bin"}
+    assert bad.exit_code == 1
+    assert "compiled onnx-external differs from the model" in bad.output
+
+
+def test_two_compiling_plugins_are_refused(tiny_model, tmp_path):
+    class Other(ExternalData):
+        pass
+
+    with registered((ExternalData(), "ext"), (Other(), "ext2")):
+        result = run_cli("run", tiny_model, "--plugins", "ext,ext2", "--output-dir", tmp_path / "o")
+    assert result.exit_code == 2 and "at most one compiling plugin" in result.output
