@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 import edgeplug  # noqa: E402
 from edgeplug import Model, hookimpl, runtime  # noqa: E402
 from edgeplug.model import set_metadata  # noqa: E402
+
 from tests import zoo  # noqa: E402
 
 
@@ -73,8 +74,9 @@ def main() -> None:
         pm = edgeplug.load_plugins()
         pm.register(Stamp("a"), name="stamp_a")
         pm.register(Stamp("b"), name="stamp_b")
-        result, t_run = timed(lambda: edgeplug.optimize(path, ["stamp_a", "stamp_b"], data=npz,
-                                                        output_dir=Path(tmp) / "out"))
+        result, t_run = timed(
+            lambda: edgeplug.optimize(path, ["stamp_a", "stamp_b"], data=npz, output_dir=Path(tmp) / "out")
+        )
     validation = result.report["data"]["validation_samples"]
     passes = calls["samples"] / validation
     rows = {

@@ -6,13 +6,12 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import edgeplug
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
-import edgeplug
 from edgeplug import plugins as plugin_registry
+from onnx import TensorProto, helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -50,7 +49,8 @@ def conv_net(opset: int = 17, batch: int | str = "N") -> onnx.ModelProto:
         helper.make_node("Gemm", ["f", "FC", "FCB"], ["logits"], transB=1, name="fc"),
     ]
     graph = helper.make_graph(
-        nodes, "conv_net",
+        nodes,
+        "conv_net",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 8, 8])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 5])],
         inits,

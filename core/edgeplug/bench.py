@@ -24,12 +24,26 @@ from .errors import EdgeplugError
 
 
 def measure(
-    model_path: Path, threads: int = 1, runs: int = 50, warmup: int = 5, inputs: dict[str, np.ndarray] | None = None
+    model_path: Path,
+    threads: int = 1,
+    runs: int = 50,
+    warmup: int = 5,
+    inputs: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Measure one model in a child process so that its memory and threads are its own."""
     with tempfile.TemporaryDirectory(prefix="edgeplug-bench-") as tmp:
-        cmd = [sys.executable, "-m", "edgeplug.bench", str(model_path), "--threads", str(threads),
-               "--runs", str(runs), "--warmup", str(warmup)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "edgeplug.bench",
+            str(model_path),
+            "--threads",
+            str(threads),
+            "--runs",
+            str(runs),
+            "--warmup",
+            str(warmup),
+        ]
         if inputs is not None:
             npz = Path(tmp) / "inputs.npz"
             np.savez(npz, **inputs)
@@ -41,7 +55,9 @@ def measure(
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def compare(paths: Sequence[Path], threads: int = 1, runs: int = 50, warmup: int = 5, progress: bool = True) -> list[dict[str, Any]]:
+def compare(
+    paths: Sequence[Path], threads: int = 1, runs: int = 50, warmup: int = 5, progress: bool = True
+) -> list[dict[str, Any]]:
     """Measure several models one after the other; ratios are against the first."""
     from .progress import progress as bar
 

@@ -36,10 +36,12 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("edgeplug: interrupted", err=True)
             sys.exit(130)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if debug:
                 traceback.print_exc()
-            click.echo(f"edgeplug: error: internal error: {type(exc).__name__}: {exc} (rerun with --debug)", err=True)
+            click.echo(
+                f"edgeplug: error: internal error: {type(exc).__name__}: {exc} (rerun with --debug)", err=True
+            )
             sys.exit(EXIT_INTERNAL)
 
 
@@ -77,24 +79,56 @@ def main(debug: bool) -> None:
 @click.option("--calibration-data", help="Separate calibration data (then --data is all validation).")
 @click.option("--preprocess", help="For image folders: resize=HxW,mean=a/b/c,std=a/b/c,layout=NCHW|NHWC.")
 @click.option("--input-shapes", help="Pin dynamic dimensions: name:1x3x224x224[,name2:...].")
-@click.option("--output-dir", type=click.Path(path_type=Path), help="Where outputs go (default edgeplug-out/MODEL).")
-@click.option("--on-fail", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
-              help="A step that fails verification stops the run, or is dropped.")
+@click.option(
+    "--output-dir", type=click.Path(path_type=Path), help="Where outputs go (default edgeplug-out/MODEL)."
+)
+@click.option(
+    "--on-fail",
+    type=click.Choice(["fail", "skip"]),
+    default="fail",
+    show_default=True,
+    help="A step that fails verification stops the run, or is dropped.",
+)
 @click.option("--bench", is_flag=True, help="Measure latency after every step.")
 @click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime intra-op threads.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for data splits and generation.")
 @click.option("--quiet", is_flag=True, help="Only errors on stderr.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def run(model: Path, plugin_names: str, opts: tuple[str, ...], config: Path | None, data: str | None,
-        calibration_data: str | None, preprocess: str | None, input_shapes: str | None, output_dir: Path | None,
-        on_fail: str, bench: bool, threads: int, seed: int, quiet: bool, debug: bool) -> None:
+def run(
+    model: Path,
+    plugin_names: str,
+    opts: tuple[str, ...],
+    config: Path | None,
+    data: str | None,
+    calibration_data: str | None,
+    preprocess: str | None,
+    input_shapes: str | None,
+    output_dir: Path | None,
+    on_fail: str,
+    bench: bool,
+    threads: int,
+    seed: int,
+    quiet: bool,
+    debug: bool,
+) -> None:
     """Optimize MODEL with the plugins in order, verifying every step."""
     from .pipeline import Pipeline, RunSettings, parse_input_shapes
 
     settings = RunSettings(
-        plugins=_plugin_list(plugin_names), options=_options(opts), config=config, data=data,
-        calibration_data=calibration_data, preprocess=preprocess, input_shapes=parse_input_shapes(input_shapes),
-        output_dir=output_dir, on_fail=on_fail, bench=bench, threads=threads, seed=seed, quiet=quiet, debug=debug,
+        plugins=_plugin_list(plugin_names),
+        options=_options(opts),
+        config=config,
+        data=data,
+        calibration_data=calibration_data,
+        preprocess=preprocess,
+        input_shapes=parse_input_shapes(input_shapes),
+        output_dir=output_dir,
+        on_fail=on_fail,
+        bench=bench,
+        threads=threads,
+        seed=seed,
+        quiet=quiet,
+        debug=debug,
     )
     result = Pipeline(model, settings).run()
     click.echo(f"wrote {result.output_dir}/ (report.json, {Path(result.report['final']['path']).name})")
@@ -112,9 +146,21 @@ def list_plugins(as_json: bool) -> None:
     if as_json:
         data = {
             "plugins": [
-                {"name": i.name, "distribution": i.distribution, "version": i.version, "hooks": list(i.hooks),
-                 "options": {k: {"type": o.type, "default": _jsonable(o.default), "help": o.help,
-                                 "choices": list(o.choices) if o.choices else None} for k, o in i.options.items()}}
+                {
+                    "name": i.name,
+                    "distribution": i.distribution,
+                    "version": i.version,
+                    "hooks": list(i.hooks),
+                    "options": {
+                        k: {
+                            "type": o.type,
+                            "default": _jsonable(o.default),
+                            "help": o.help,
+                            "choices": list(o.choices) if o.choices else None,
+                        }
+                        for k, o in i.options.items()
+                    },
+                }
                 for i in infos
             ],
             "broken": broken,
@@ -153,8 +199,10 @@ def inspect(model: Path, as_json: bool) -> None:
         click.echo(f"  input   {line}")
     for line in info["outputs"]:
         click.echo(f"  output  {line}")
-    click.echo(f"  nodes {info['nodes']}, parameters {info['parameters']:,} ({info['nonzero_parameters']:,} non-zero), "
-               f"size {info['size_bytes']:,} bytes")
+    click.echo(
+        f"  nodes {info['nodes']}, parameters {info['parameters']:,} ({info['nonzero_parameters']:,} non-zero), "
+        f"size {info['size_bytes']:,} bytes"
+    )
     click.echo("  ops: " + ", ".join(f"{k} {v}" for k, v in info["ops"].items()))
 
 
@@ -176,26 +224,41 @@ def bench(models: tuple[Path, ...], threads: int, runs: int, warmup: int, as_jso
         click.echo(json.dumps(rows, indent=2))
         return
     click.echo(f"threads {threads}, runs {runs}")
-    click.echo(f"{'model':40} {'p50 ms':>9} {'p90 ms':>9} {'memory MB':>10} {'size MB':>9} {'speedup':>8} {'mem ratio':>9}")
+    click.echo(
+        f"{'model':40} {'p50 ms':>9} {'p90 ms':>9} {'memory MB':>10} {'size MB':>9} {'speedup':>8} {'mem ratio':>9}"
+    )
     for r in rows:
         mem = r["memory_ratio"]
-        click.echo(f"{Path(r['model']).name[:40]:40} {r['p50_ms']:9.2f} {r['p90_ms']:9.2f} "
-                   f"{r['memory_bytes'] / 2**20:10.1f} {r['size_bytes'] / 2**20:9.2f} {r['speedup_p50']:7.2f}x "
-                   f"{(f'{mem:.2f}x' if mem else '-'):>9}")
+        click.echo(
+            f"{Path(r['model']).name[:40]:40} {r['p50_ms']:9.2f} {r['p90_ms']:9.2f} "
+            f"{r['memory_bytes'] / 2**20:10.1f} {r['size_bytes'] / 2**20:9.2f} {r['speedup_p50']:7.2f}x "
+            f"{(f'{mem:.2f}x' if mem else '-'):>9}"
+        )
 
 
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--input", "input_path", required=True, type=click.Path(path_type=Path), help=".npz of inputs.")
-@click.option("--guard", "guards", multiple=True, help="Guard plugin(s), outermost first; comma lists allowed.")
+@click.option(
+    "--guard", "guards", multiple=True, help="Guard plugin(s), outermost first; comma lists allowed."
+)
 @click.option("-o", "--option", "opts", multiple=True, metavar="PLUGIN.KEY=VALUE")
 @click.option("--config", type=click.Path(path_type=Path))
 @click.option("--output", type=click.Path(path_type=Path), help="Write the outputs to this .npz.")
 @click.option("--threads", type=int, default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def infer(model: Path, input_path: Path, guards: tuple[str, ...], opts: tuple[str, ...], config: Path | None,
-          output: Path | None, threads: int, as_json: bool, debug: bool) -> None:
+def infer(
+    model: Path,
+    input_path: Path,
+    guards: tuple[str, ...],
+    opts: tuple[str, ...],
+    config: Path | None,
+    output: Path | None,
+    threads: int,
+    as_json: bool,
+    debug: bool,
+) -> None:
     """Run MODEL on the inputs of a .npz, through the selected guards."""
     from .inference import infer as run_infer
 
@@ -203,8 +266,12 @@ def infer(model: Path, input_path: Path, guards: tuple[str, ...], opts: tuple[st
     result = run_infer(model, input_path, names, _options(opts), config, threads)
     if output:
         np.savez(output, **result.outputs)
-    summary: dict[str, Any] = {"abstained": result.abstained, "reason": result.reason, "flags": result.flags,
-                               "outputs": {k: list(v.shape) for k, v in result.outputs.items()}}
+    summary: dict[str, Any] = {
+        "abstained": result.abstained,
+        "reason": result.reason,
+        "flags": result.flags,
+        "outputs": {k: list(v.shape) for k, v in result.outputs.items()},
+    }
     for name, value in result.outputs.items():
         if value.ndim == 2 and value.shape[1] >= 2 and value.dtype.kind == "f":
             summary.setdefault("top1", {})[name] = value.argmax(1).tolist()

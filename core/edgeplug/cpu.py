@@ -7,7 +7,18 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-INTERESTING = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm", "sve")
+INTERESTING = (
+    "avx2",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_int8",
+    "asimd",
+    "asimddp",
+    "i8mm",
+    "sve",
+)
 
 
 @lru_cache(maxsize=1)

@@ -119,7 +119,9 @@ def load_data(
         desc = f"validation: {spec} ({len(samples)} samples); calibration: {calibration} ({len(cal)} samples)"
         return Dataset(cal, samples, "file", seed, desc, cal_labels, labels)
     if len(samples) < 2:
-        raise DataError(f"{spec} holds {len(samples)} sample; at least 2 are needed to split calibration from validation")
+        raise DataError(
+            f"{spec} holds {len(samples)} sample; at least 2 are needed to split calibration from validation"
+        )
     order = np.random.default_rng(seed).permutation(len(samples))
     cut = min(max(1, round(len(samples) * calibration_fraction)), len(samples) - 1)
     cal_idx, val_idx = order[:cut], order[cut:]
@@ -232,7 +234,9 @@ def conform(array: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
                 f"{where}: {spec.name} has shape {list(array.shape)}, the model expects {spec.describe()}"
             )
     if array.dtype != spec.dtype:
-        same_kind = array.dtype.kind == spec.dtype.kind or (array.dtype.kind in "iu" and spec.dtype.kind in "iuf")
+        same_kind = array.dtype.kind == spec.dtype.kind or (
+            array.dtype.kind in "iu" and spec.dtype.kind in "iuf"
+        )
         if not same_kind and not (array.dtype.kind == "b" and spec.dtype.kind in "iub"):
             raise DataError(f"{where}: {spec.name} is {array.dtype}, the model expects {spec.dtype}")
         array = array.astype(spec.dtype)
@@ -279,12 +283,16 @@ def concrete_shape(spec: TensorSpec) -> tuple[int, ...]:
     return tuple(dims)
 
 
-def read_images(paths: Sequence[Path], model: Model, pre: Preprocess) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+def read_images(
+    paths: Sequence[Path], model: Model, pre: Preprocess
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Decode image files with Pillow; the label is the image's folder name when there are several."""
     try:
         from PIL import Image
     except ImportError:
-        raise MissingDependencyError("reading image folders needs Pillow: pip install 'edgeplug[images]'") from None
+        raise MissingDependencyError(
+            "reading image folders needs Pillow: pip install 'edgeplug[images]'"
+        ) from None
     if len(model.inputs) != 1:
         raise DataError("image folders can feed only single-input models; use a .npz for this model")
     spec = model.inputs[0]

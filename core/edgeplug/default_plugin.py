@@ -7,12 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError
 from .context import Artifact, InferenceRequest, InferenceResult, RunContext, Runner
+from .errors import ModelError
 from .hookspecs import hookimpl
 from .model import Model
 from .runtime import run_all, session
-
 
 KERAS_SUFFIXES = {".h5", ".keras", ".hdf5"}
 

@@ -51,7 +51,9 @@ def infer(
 
     def run(feed_: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         count = len(next(iter(feed_.values())))
-        samples = [{k: v[i : i + 1] for k, v in feed_.items()} for i in range(count)] if batch_one else [feed_]
+        samples = (
+            [{k: v[i : i + 1] for k, v in feed_.items()} for i in range(count)] if batch_one else [feed_]
+        )
         return run_all(sess, samples)
 
     request = InferenceRequest(model_path=path, inputs=feed, run=run, options=values, model=loaded)

@@ -59,7 +59,9 @@ class Model:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | os.PathLike[str], input_shapes: Mapping[str, Sequence[int]] | None = None) -> Model:
+    def load(
+        cls, path: str | os.PathLike[str], input_shapes: Mapping[str, Sequence[int]] | None = None
+    ) -> Model:
         """Load, confine external data, run the full checker and shape inference; errors are ModelError."""
         path = Path(path)
         if not path.exists():
@@ -69,9 +71,13 @@ class Model:
         try:
             proto = onnx.load(str(path), load_external_data=False)
         except (DecodeError, RuntimeWarning, ValueError, OSError, UnicodeDecodeError) as exc:
-            raise ModelError(f"{path} is not a valid ONNX model (cannot parse it: {_first_line(exc)})") from None
+            raise ModelError(
+                f"{path} is not a valid ONNX model (cannot parse it: {_first_line(exc)})"
+            ) from None
         if not proto.graph.node and not proto.graph.output:
-            raise ModelError(f"{path} is not a valid ONNX model (no graph found: empty, truncated or another format)")
+            raise ModelError(
+                f"{path} is not a valid ONNX model (no graph found: empty, truncated or another format)"
+            )
         check_external_data(proto, path.parent)
         if _has_external(proto):
             try:
@@ -111,16 +117,18 @@ class Model:
         """onnx shape inference; where node outputs stay untyped, onnxruntime's symbolic shape inference."""
         try:
             inferred = onnx.shape_inference.infer_shapes(self.proto, strict_mode=False, data_prop=True)
-        except Exception:  # noqa: BLE001 - shape inference is best effort after the checker passed
+        except Exception:
             inferred = self.proto
         if _untyped_outputs(inferred):
             try:
                 from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-                symbolic = SymbolicShapeInference.infer_shapes(inferred, auto_merge=True, guess_output_rank=True)
+                symbolic = SymbolicShapeInference.infer_shapes(
+                    inferred, auto_merge=True, guess_output_rank=True
+                )
                 if symbolic is not None:
                     inferred = symbolic
-            except Exception:  # noqa: BLE001 - symbolic inference fails on some custom ops
+            except Exception:
                 pass
         result = Model(inferred, self.history, self.source)
         return result
@@ -131,7 +139,9 @@ class Model:
         inputs = {i.name: i for i in self.graph_inputs(proto)}
         for name, dims in shapes.items():
             if name not in inputs:
-                raise ModelError(f"--input-shapes names {name!r}, but the model's inputs are {', '.join(inputs)}")
+                raise ModelError(
+                    f"--input-shapes names {name!r}, but the model's inputs are {', '.join(inputs)}"
+                )
             tensor_type = inputs[name].type.tensor_type
             if len(tensor_type.shape.dim) != len(dims):
                 raise ModelError(
@@ -139,7 +149,9 @@ class Model:
                 )
             for dim, value in zip(tensor_type.shape.dim, dims):
                 if dim.HasField("dim_value") and dim.dim_value != value:
-                    raise ModelError(f"--input-shapes: {name} has fixed dimension {dim.dim_value}, not {value}")
+                    raise ModelError(
+                        f"--input-shapes: {name} has fixed dimension {dim.dim_value}, not {value}"
+                    )
                 dim.Clear()
                 dim.dim_value = int(value)
         return Model(proto, self.history, self.source)
@@ -225,8 +237,14 @@ class Model:
         if self.proto.ByteSize() > TWO_GB:
             data_name = f"{path.name}.data"
             staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=".edgeplug-"))
-            onnx.save_model(self.copy_proto(), str(staging / path.name), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data_name, size_threshold=EXTERNAL_MIN_BYTES)
+            onnx.save_model(
+                self.copy_proto(),
+                str(staging / path.name),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_name,
+                size_threshold=EXTERNAL_MIN_BYTES,
+            )
             if (staging / data_name).exists():
                 os.replace(staging / data_name, path.parent / data_name)
             os.replace(staging / path.name, path)
@@ -318,7 +336,8 @@ def check_external_data(proto: onnx.ModelProto, base: Path) -> None:
 
 def _has_external(proto: onnx.ModelProto) -> bool:
     return any(
-        t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.external_data_helper._get_all_tensors(proto)
+        t.data_location == onnx.TensorProto.EXTERNAL
+        for t in onnx.external_data_helper._get_all_tensors(proto)
     )
 
 
@@ -343,7 +362,11 @@ def _densify(sparse: onnx.SparseTensorProto, values: np.ndarray) -> np.ndarray:
 
 def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
     tensor_type = value.type.tensor_type
-    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)) if tensor_type.elem_type else np.dtype("float32")
+    dtype = (
+        np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+        if tensor_type.elem_type
+        else np.dtype("float32")
+    )
     dims: list[int | str | None] = []
     for dim in tensor_type.shape.dim:
         if dim.HasField("dim_value"):

@@ -123,9 +123,7 @@ def schema_for(declared: Iterable[Option]) -> dict[str, Option]:
     return table
 
 
-def split_tolerance(
-    values: Mapping[str, Any], user_keys: Iterable[str]
-) -> tuple[dict[str, Any], Tolerance]:
+def split_tolerance(values: Mapping[str, Any], user_keys: Iterable[str]) -> tuple[dict[str, Any], Tolerance]:
     """Separate tolerance keys from a plugin's option values; default to exact when none is declared."""
     tol = {k: values.get(k) for k in TOLERANCE_KEYS}
     if all(v is None for v in tol.values()):

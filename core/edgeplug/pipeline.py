@@ -17,7 +17,7 @@ from .context import Artifact, RunContext, sha256_file
 from .data import Dataset, Preprocess, load_data
 from .errors import EdgeplugError, ModelError, OptionError, PluginError, VerificationError
 from .model import Model
-from .options import Tolerance, parse_assignments, read_config, resolve, split_tolerance
+from .options import Tolerance, read_config, resolve, split_tolerance
 from .report import new_report, print_summary, write_json
 
 CORE = "core"
@@ -94,7 +94,11 @@ class Pipeline:
         for name in self.chain:
             self.options[name], self.tolerances[name] = split_tolerance(values[name], user_keys[name])
         self.input = model_path
-        stem = model_path.stem if isinstance(model_path, Path) else (model_path.source.stem if model_path.source else "model")
+        stem = (
+            model_path.stem
+            if isinstance(model_path, Path)
+            else (model_path.source.stem if model_path.source else "model")
+        )
         self.stem = stem
         self.out = Path(settings.output_dir or Path("edgeplug-out") / stem)
         compilers = [n for n in self.chain if plugins.has_hook(self.pm, "compile", n)]
@@ -168,7 +172,9 @@ class Pipeline:
             metrics["accuracy"] = acc
         if self.settings.bench and path is not None:
             feed = self.data.validation[0] if self.data else None
-            metrics["latency"] = bench.measure(path, self.settings.threads, self.settings.bench_runs, inputs=feed)
+            metrics["latency"] = bench.measure(
+                path, self.settings.threads, self.settings.bench_runs, inputs=feed
+            )
         return metrics
 
     def run(self) -> RunResult:
@@ -197,7 +203,11 @@ class Pipeline:
         model = self.load()
         self.out.mkdir(parents=True, exist_ok=True)
         self.data = load_data(
-            s.data, model, seed=s.seed, calibration=s.calibration_data, preprocess=Preprocess.parse(s.preprocess)
+            s.data,
+            model,
+            seed=s.seed,
+            calibration=s.calibration_data,
+            preprocess=Preprocess.parse(s.preprocess),
         )
         self.report["data"] = self.data.summary()
         if self.data.source == "generated":
@@ -238,7 +248,9 @@ class Pipeline:
             "model": final_path.name,
             "sha256": digest,
             "steps": list(model.history),
-            "artifact": {"kind": artifact.kind, "files": {k: v for k, v in artifact.sha256.items()}} if artifact else None,
+            "artifact": {"kind": artifact.kind, "files": {k: v for k, v in artifact.sha256.items()}}
+            if artifact
+            else None,
         }
         write_json(self.out / f"{self.stem}.edgeplug.json", sidecar)
         self.report["status"] = "ok"
@@ -247,7 +259,12 @@ class Pipeline:
         return RunResult(model, self.report, self.out, artifact)
 
     def step(
-        self, index: int, name: str, model: Model, prev_out: dict[str, np.ndarray], original_out: dict[str, np.ndarray]
+        self,
+        index: int,
+        name: str,
+        model: Model,
+        prev_out: dict[str, np.ndarray],
+        original_out: dict[str, np.ndarray],
     ) -> tuple[dict[str, Any], Model | None, dict[str, np.ndarray] | None]:
         ctx = self.ctx(name)
         entry: dict[str, Any] = {"index": index, "plugin": name, "tolerance": ctx.tolerance.as_dict()}
@@ -258,22 +275,30 @@ class Pipeline:
             new = plugins.call_one(self.pm, "transform_graph", name, model=model, ctx=ctx)
         except EdgeplugError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a crashing plugin fails its step, it does not kill the run
-            entry.update(status="failed", seconds=round(time.perf_counter() - t0, 3), details=ctx.details,
-                         error=f"plugin raised {type(exc).__name__}: {exc}")
+        except Exception as exc:
+            entry.update(
+                status="failed",
+                seconds=round(time.perf_counter() - t0, 3),
+                details=ctx.details,
+                error=f"plugin raised {type(exc).__name__}: {exc}",
+            )
             if self.settings.debug:
                 traceback.print_exc()
             return entry, None, None
         entry["seconds"] = round(time.perf_counter() - t0, 3)
         entry["details"] = ctx.details
         if model.serialized() != before:
-            raise PluginError(f"plugin {name!r} modified the model it was given; transform_graph must return a new Model")
+            raise PluginError(
+                f"plugin {name!r} modified the model it was given; transform_graph must return a new Model"
+            )
         if new is None:
             entry["status"] = "not_applicable"
             self.log(f"[{name}] not applicable to this model")
             return entry, None, None
         if not isinstance(new, Model):
-            raise PluginError(f"plugin {name!r} returned {type(new).__name__} from transform_graph, not a Model")
+            raise PluginError(
+                f"plugin {name!r} returned {type(new).__name__} from transform_graph, not a Model"
+            )
         if not new.history or new.history[-1] != name:
             new = new.replace(new.proto, name)
         try:
@@ -290,8 +315,12 @@ class Pipeline:
         failures = verify.check(vs_prev, ctx.tolerance)
         vs_orig = verify.compare(original_out, new_out)
         verify.check(vs_orig, Tolerance())
-        entry["verification"] = {"vs_previous": vs_prev, "vs_original": vs_orig, "passed": not failures,
-                                 "failures": failures}
+        entry["verification"] = {
+            "vs_previous": vs_prev,
+            "vs_original": vs_orig,
+            "passed": not failures,
+            "failures": failures,
+        }
         if failures:
             self.log(f"[{name}] verification failed; locating the first diverging node")
             divergence = verify.first_divergence(model, new, self.data.validation[0], ctx.tolerance)
@@ -318,8 +347,14 @@ class Pipeline:
         artifact = plugins.call_one(self.pm, "compile", name, model=model, ctx=ctx)
         if artifact is None:
             return Artifact.of("onnx", [final_path])
-        self.report["compile"] = {"plugin": name, "kind": artifact.kind, "files": [str(f) for f in artifact.files],
-                                  "sha256": artifact.sha256, "info": artifact.info, "details": ctx.details}
+        self.report["compile"] = {
+            "plugin": name,
+            "kind": artifact.kind,
+            "files": [str(f) for f in artifact.files],
+            "sha256": artifact.sha256,
+            "info": artifact.info,
+            "details": ctx.details,
+        }
         self.verify_artifact(artifact, final_out, ctx.tolerance)
         return artifact
 
@@ -335,14 +370,20 @@ class Pipeline:
         got = {k: np.concatenate(v, axis=0) for k, v in outputs.items()}
         metrics = verify.compare(final_out, got)
         failures = verify.check(metrics, tol)
-        self.report["compile"]["verification"] = {"vs_final_model": metrics, "passed": not failures,
-                                                  "failures": failures}
+        self.report["compile"]["verification"] = {
+            "vs_final_model": metrics,
+            "passed": not failures,
+            "failures": failures,
+        }
         if failures:
-            raise VerificationError(f"compiled {artifact.kind} differs from the model: {'; '.join(failures)}",
-                                    step=self.compiler)
+            raise VerificationError(
+                f"compiled {artifact.kind} differs from the model: {'; '.join(failures)}", step=self.compiler
+            )
 
 
-def bought(steps: Sequence[dict[str, Any]], original: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+def bought(
+    steps: Sequence[dict[str, Any]], original: dict[str, Any], metrics: dict[str, Any]
+) -> dict[str, Any]:
     """What a step bought against the previous applied model: size, nodes and latency ratios."""
     prev = original
     for step in reversed(steps):

@@ -108,8 +108,14 @@ def summary_table(report: dict[str, Any]) -> str:
     orig = report.get("original", {}).get("metrics", {})
     rows.append(_row("original", "-", orig, None))
     for step in report["steps"]:
-        rows.append(_row(f"{step['index']}. {step['plugin']}", step["status"], step.get("metrics") or {},
-                         step.get("verification")))
+        rows.append(
+            _row(
+                f"{step['index']}. {step['plugin']}",
+                step["status"],
+                step.get("metrics") or {},
+                step.get("verification"),
+            )
+        )
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -120,8 +126,16 @@ def _row(name: str, status: str, m: dict[str, Any], verification: dict[str, Any]
     params = f"{m['parameters']:,} ({m['nonzero_parameters']:,})" if "parameters" in m else "-"
     latency = f"{m['latency']['p50_ms']:.2f}" if m.get("latency") else "-"
     acc = f"{m['accuracy']:.4f}" if m.get("accuracy") is not None else "-"
-    return (name, status, _size(m.get("size_bytes")), str(m.get("nodes", "-")), params, latency, acc,
-            _fidelity(verification))
+    return (
+        name,
+        status,
+        _size(m.get("size_bytes")),
+        str(m.get("nodes", "-")),
+        params,
+        latency,
+        acc,
+        _fidelity(verification),
+    )
 
 
 def print_summary(report: dict[str, Any], stream: Any = None) -> None:

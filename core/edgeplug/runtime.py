@@ -28,8 +28,10 @@ def session(
     source = model if isinstance(model, bytes) else str(Path(model))
     try:
         return ort.InferenceSession(source, sess_options=opts, providers=[PROVIDER])
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
-        raise EdgeplugError(f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0]}") from None
+    except Exception as exc:
+        raise EdgeplugError(
+            f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0]}"
+        ) from None
 
 
 def run_all(sess: ort.InferenceSession, samples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -39,8 +41,10 @@ def run_all(sess: ort.InferenceSession, samples: Sequence[dict[str, np.ndarray]]
     for sample in samples:
         try:
             results = sess.run(names, sample)
-        except Exception as exc:  # noqa: BLE001
-            raise EdgeplugError(f"onnxruntime failed to run the model: {str(exc).strip().splitlines()[0]}") from None
+        except Exception as exc:
+            raise EdgeplugError(
+                f"onnxruntime failed to run the model: {str(exc).strip().splitlines()[0]}"
+            ) from None
         for name, value in zip(names, results):
             collected[name].append(np.asarray(value))
     return {n: _concat(v) for n, v in collected.items()}

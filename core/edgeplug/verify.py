@@ -13,7 +13,9 @@ from .options import Tolerance
 from .runtime import run_all, session
 
 
-def outputs_of(model: Model, samples: Sequence[dict[str, np.ndarray]], threads: int = 1) -> dict[str, np.ndarray]:
+def outputs_of(
+    model: Model, samples: Sequence[dict[str, np.ndarray]], threads: int = 1
+) -> dict[str, np.ndarray]:
     """The model's outputs on every sample, concatenated along the batch axis."""
     return run_all(session(model.serialized(), threads), samples)
 
@@ -22,7 +24,9 @@ def is_logits(array: np.ndarray) -> bool:
     return array.ndim == 2 and array.shape[1] >= 2 and array.dtype.kind == "f"
 
 
-def compare(reference: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+def compare(
+    reference: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray]
+) -> dict[str, dict[str, Any]]:
     """Per output: max_abs_error, mean_rel_error (mean |d| over mean |ref|), cosine, top1 (logits only),
     and the worst ratio |d| / (atol + rtol*|ref|) needed by the elementwise check."""
     metrics: dict[str, dict[str, Any]] = {}
@@ -70,7 +74,9 @@ def check(metrics: dict[str, dict[str, Any]], tol: Tolerance) -> list[str]:
             failures.append(f"output {name} is missing")
             continue
         if "shape_mismatch" in m:
-            failures.append(f"output {name} changed shape {m['shape_mismatch'][0]} -> {m['shape_mismatch'][1]}")
+            failures.append(
+                f"output {name} changed shape {m['shape_mismatch'][0]} -> {m['shape_mismatch'][1]}"
+            )
             continue
         if not m["finite"]:
             failures.append(f"output {name} has NaN or Inf values the reference does not have")
@@ -110,7 +116,7 @@ def first_divergence(
     try:
         ref = _all_tensors(before, sample)
         got = _all_tensors(after, sample)
-    except Exception as exc:  # noqa: BLE001 - localisation is a diagnostic, never the failure itself
+    except Exception as exc:
         return {"error": f"could not compare intermediate outputs: {exc}"}
     compared = 0
     for node in after.proto.graph.node:

@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx.parser
-from onnx import numpy_helper
-
 from edgeplug import Artifact, Model, Option, PluginError, RunContext, hookimpl
 from edgeplug.context import Runner
 from edgeplug.model import get_metadata, set_metadata
+from onnx import numpy_helper
 
 
 class Tag:
@@ -41,7 +40,9 @@ class ScaleWeights:
         for tensor in proto.graph.initializer:
             array = numpy_helper.to_array(tensor)
             if array.dtype == np.float32:
-                tensor.CopyFrom(numpy_helper.from_array(array * np.float32(ctx.options["factor"]), tensor.name))
+                tensor.CopyFrom(
+                    numpy_helper.from_array(array * np.float32(ctx.options["factor"]), tensor.name)
+                )
         return model.replace(proto)
 
 
@@ -98,8 +99,12 @@ class ExternalData:
     def compile(self, model: Model, ctx: RunContext) -> Artifact:
         target = ctx.workdir / "external" / "model.onnx"
         target.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(model.copy_proto(), target, save_as_external_data=True, location="weights.bin", size_threshold=0)
-        return Artifact.of("onnx-external", [target, target.with_name("weights.bin")], offset=ctx.options["offset"])
+        onnx.save(
+            model.copy_proto(), target, save_as_external_data=True, location="weights.bin", size_threshold=0
+        )
+        return Artifact.of(
+            "onnx-external", [target, target.with_name("weights.bin")], offset=ctx.options["offset"]
+        )
 
     @hookimpl
     def make_runner(self, artifact: Artifact, options: dict) -> Runner | None:

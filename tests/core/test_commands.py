@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
+import edgeplug
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-import edgeplug
 from edgeplug import InferenceResult, hookimpl
 from edgeplug.cli import main
 

@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from edgeplug import plugins
 
-THIRD_PARTY = '''
+THIRD_PARTY = """
 from edgeplug import Model, Option, hookimpl
 from edgeplug.model import set_metadata
 
@@ -25,10 +24,12 @@ def transform_graph(model, ctx):
     proto = model.copy_proto()
     set_metadata(proto, "stamp", ctx.options["stamp"])
     return model.replace(proto)
-'''
+"""
 
 
-def install_fake_distribution(site: Path, dist: str, entry_points: dict[str, str], modules: dict[str, str]) -> None:
+def install_fake_distribution(
+    site: Path, dist: str, entry_points: dict[str, str], modules: dict[str, str]
+) -> None:
     """Write modules and a real `*.dist-info` (METADATA + entry_points.txt) into `site`."""
     info = site / f"{dist}-1.0.dist-info"
     info.mkdir(parents=True)
@@ -47,7 +48,9 @@ def site(tmp_path, monkeypatch, fresh_plugins):
         site, "edgeplug_stamp", {"stamp": "edgeplug_stamp_plugin"}, {"edgeplug_stamp_plugin": THIRD_PARTY}
     )
     install_fake_distribution(
-        site, "edgeplug_broken", {"broken": "edgeplug_broken_plugin"},
+        site,
+        "edgeplug_broken",
+        {"broken": "edgeplug_broken_plugin"},
         {"edgeplug_broken_plugin": "raise ImportError('needs libfoo 2.0')\n"},
     )
     monkeypatch.syspath_prepend(str(site))
@@ -57,8 +60,13 @@ def site(tmp_path, monkeypatch, fresh_plugins):
 def cli(site: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     environ = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
     environ.update(env or {})
-    return subprocess.run([sys.executable, "-m", "edgeplug", *map(str, args)], capture_output=True, text=True,
-                          env=environ, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "edgeplug", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=120,
+    )
 
 
 def test_third_party_plugin_is_discovered_and_runs(site, tiny_model, tmp_path):
@@ -69,11 +77,19 @@ def test_third_party_plugin_is_discovered_and_runs(site, tiny_model, tmp_path):
     assert info.distribution == "edgeplug_stamp" and info.version == "1.0"
     assert "transform_graph" in info.hooks and "stamp" in info.options
 
-    result = cli(site, "run", tiny_model, "--plugins", "stamp", "-o", "stamp.stamp=from-cli",
-                 "--output-dir", tmp_path / "out")
+    result = cli(
+        site,
+        "run",
+        tiny_model,
+        "--plugins",
+        "stamp",
+        "-o",
+        "stamp.stamp=from-cli",
+        "--output-dir",
+        tmp_path / "out",
+    )
     assert result.returncode == 0, result.stderr
     import onnx
-
     from edgeplug.model import get_metadata
 
     assert get_metadata(onnx.load(tmp_path / "out" / "tiny.onnx"), "stamp") == "from-cli"
@@ -91,7 +107,9 @@ def test_broken_plugin_is_listed_and_the_others_work(site, tiny_model, tmp_path)
     assert "broken  BROKEN: Error importing plugin 'broken'" in text.stdout
     selected = cli(site, "run", tiny_model, "--plugins", "broken", "--output-dir", tmp_path / "o")
     assert selected.returncode == 2
-    assert selected.stderr.strip().startswith("edgeplug: error: plugin 'broken' is installed but failed to load")
+    assert selected.stderr.strip().startswith(
+        "edgeplug: error: plugin 'broken' is installed but failed to load"
+    )
 
 
 def test_environment_variable_restricts_loading(site, tiny_model, tmp_path, monkeypatch):
@@ -112,8 +130,14 @@ def test_loading_is_lazy_and_idempotent(site):
 def test_a_misspelt_hook_fails_loudly(tmp_path, monkeypatch, fresh_plugins):
     site = tmp_path / "site2"
     site.mkdir()
-    install_fake_distribution(site, "edgeplug_typo", {"typo": "edgeplug_typo_plugin"},
-                              {"edgeplug_typo_plugin": "from edgeplug import hookimpl\n\n@hookimpl\ndef transform_grpah(model, ctx):\n    return None\n"})
+    install_fake_distribution(
+        site,
+        "edgeplug_typo",
+        {"typo": "edgeplug_typo_plugin"},
+        {
+            "edgeplug_typo_plugin": "from edgeplug import hookimpl\n\n@hookimpl\ndef transform_grpah(model, ctx):\n    return None\n"
+        },
+    )
     monkeypatch.syspath_prepend(str(site))
     plugins.load_plugins(refresh=True)
     assert "transform_grpah" in plugins.broken()["typo"]

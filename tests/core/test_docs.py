@@ -6,18 +6,25 @@ import inspect
 from pathlib import Path
 
 import pytest
-
 from edgeplug import hookspecs, plugins
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
-HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
-         if hasattr(fn, "edgeplug_spec")]
+HOOKS = [
+    name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, "edgeplug_spec")
+]
 
 
 def test_hooks_found():
-    assert set(HOOKS) == {"plugin_options", "load_model", "pre_optimize", "transform_graph", "compile",
-                          "make_runner", "guard_inference"}
+    assert set(HOOKS) == {
+        "plugin_options",
+        "load_model",
+        "pre_optimize",
+        "transform_graph",
+        "compile",
+        "make_runner",
+        "guard_inference",
+    }
 
 
 @pytest.mark.parametrize("hook", HOOKS)

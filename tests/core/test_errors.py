@@ -8,9 +8,8 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import TensorProto, helper, numpy_helper
-
 from edgeplug.cli import main
+from onnx import TensorProto, helper, numpy_helper
 
 from ..conftest import conv_net, registered
 from .plugins_for_tests import ScaleWeights, Tag
@@ -96,27 +95,41 @@ def test_bad_config_file(tiny_model, tmp_path, tag_plugin):
 def test_data_with_wrong_names(tiny_model, tmp_path, tag_plugin):
     npz = tmp_path / "d.npz"
     np.savez(npz, image=np.zeros((4, 3, 8, 8), np.float32))
-    line = refused(["run", tiny_model, "--plugins", "a", "--data", npz, "--output-dir", tmp_path / "o"], tiny_model)
+    line = refused(
+        ["run", tiny_model, "--plugins", "a", "--data", npz, "--output-dir", tmp_path / "o"], tiny_model
+    )
     assert "missing x" in line and "unknown image" in line
 
 
 def test_data_with_wrong_shape_or_dtype(tiny_model, tmp_path, tag_plugin):
     npz = tmp_path / "d.npz"
     np.savez(npz, x=np.zeros((4, 3, 9, 9), np.float32))
-    line = refused(["run", tiny_model, "--plugins", "a", "--data", npz, "--output-dir", tmp_path / "o"], tiny_model)
+    line = refused(
+        ["run", tiny_model, "--plugins", "a", "--data", npz, "--output-dir", tmp_path / "o"], tiny_model
+    )
     assert "x has shape [4, 3, 9, 9]" in line
     np.savez(npz, x=np.zeros((4, 8, 8), np.float32))
-    assert "rank" in refused(["run", tiny_model, "--plugins", "a", "--data", npz, "--output-dir", tmp_path / "o"])
+    assert "rank" in refused(
+        ["run", tiny_model, "--plugins", "a", "--data", npz, "--output-dir", tmp_path / "o"]
+    )
     np.savez(npz, x=np.array([["a"] * 8] * 4).reshape(4, 1, 1, 8).repeat(3, 1).repeat(8, 2))
-    assert "expects float32" in refused(["run", tiny_model, "--plugins", "a", "--data", npz, "--output-dir", tmp_path / "o"])
+    assert "expects float32" in refused(
+        ["run", tiny_model, "--plugins", "a", "--data", npz, "--output-dir", tmp_path / "o"]
+    )
 
 
 def test_external_data_escaping_the_models_folder(tmp_path, tag_plugin):
     folder = tmp_path / "m"
     folder.mkdir()
     model = conv_net()
-    onnx.save(model, folder / "ext.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
-              location="w.bin", size_threshold=0)
+    onnx.save(
+        model,
+        folder / "ext.onnx",
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="w.bin",
+        size_threshold=0,
+    )
     (tmp_path / "secret.bin").write_bytes((folder / "w.bin").read_bytes())
     proto = onnx.load(folder / "ext.onnx", load_external_data=False)
     for tensor in proto.graph.initializer:
@@ -135,9 +148,11 @@ def test_external_data_escaping_the_models_folder(tmp_path, tag_plugin):
 def test_invalid_graph_is_refused_by_the_checker(tmp_path, tag_plugin):
     w = numpy_helper.from_array(np.ones((2, 3), np.float32), "W")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [w],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [w],
     )
     path = tmp_path / "bad_shapes.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
@@ -152,8 +167,9 @@ def test_output_dir_that_would_overwrite_the_input(tiny_model, tag_plugin):
 
 def test_bad_input_shapes(tiny_model, tmp_path, tag_plugin):
     assert "NAME:1x3x224x224" in refused(["run", tiny_model, "--plugins", "a", "--input-shapes", "x=1"])
-    assert "inputs are x" in refused(["run", tiny_model, "--plugins", "a", "--input-shapes", "y:1x3x8x8",
-                                      "--output-dir", tmp_path / "o"])
+    assert "inputs are x" in refused(
+        ["run", tiny_model, "--plugins", "a", "--input-shapes", "y:1x3x8x8", "--output-dir", tmp_path / "o"]
+    )
 
 
 def test_debug_shows_the_traceback(tiny_model, tag_plugin):

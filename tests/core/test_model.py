@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import edgeplug.model as model_mod
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
-
-import edgeplug.model as model_mod
 from edgeplug import Model
 from edgeplug.verify import outputs_of
+from onnx import TensorProto, helper
 
 from ..conftest import conv_net
 
@@ -59,7 +58,9 @@ def test_save_is_atomic_and_refuses_the_input(tiny_model, tmp_path):
 
 def test_large_models_are_saved_with_external_data(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setattr(model_mod, "TWO_GB", 100)
-    monkeypatch.setattr(model_mod, "EXTERNAL_MIN_BYTES", 0)  # the same code path as a >2 GB model, at test size
+    monkeypatch.setattr(
+        model_mod, "EXTERNAL_MIN_BYTES", 0
+    )  # the same code path as a >2 GB model, at test size
     model = Model.load(tiny_model)
     target = tmp_path / "big.onnx"
     model.save(target)
@@ -68,17 +69,24 @@ def test_large_models_are_saved_with_external_data(tiny_model, tmp_path, monkeyp
     monkeypatch.undo()
     again = Model.load(target)
     sample = {"x": np.ones((1, 3, 8, 8), np.float32)}
-    np.testing.assert_array_equal(outputs_of(model, [sample])["logits"], outputs_of(again, [sample])["logits"])
+    np.testing.assert_array_equal(
+        outputs_of(model, [sample])["logits"], outputs_of(again, [sample])["logits"]
+    )
 
 
 def test_symbolic_shape_inference_types_contrib_op_outputs(tmp_path):
     graph = helper.make_graph(
-        [helper.make_node("Gelu", ["x"], ["g"], domain="com.microsoft"), helper.make_node("Relu", ["g"], ["y"])],
+        [
+            helper.make_node("Gelu", ["x"], ["g"], domain="com.microsoft"),
+            helper.make_node("Relu", ["g"], ["y"]),
+        ],
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    proto = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
     path = tmp_path / "contrib.onnx"
     onnx.save(proto, path)
     assert not onnx.shape_inference.infer_shapes(proto).graph.value_info  # onnx alone leaves g untyped
@@ -95,7 +103,9 @@ def test_stats_count_parameters_in_constants_and_sparse_initializers(tmp_path):
     values = dense[dense != 0]
     indices = np.flatnonzero(dense).astype(np.int64)
     sparse = helper.make_sparse_tensor(
-        onnx.numpy_helper.from_array(values, "W"), onnx.numpy_helper.from_array(indices, "W_idx"), list(dense.shape)
+        onnx.numpy_helper.from_array(values, "W"),
+        onnx.numpy_helper.from_array(indices, "W_idx"),
+        list(dense.shape),
     )
     del proto.graph.initializer[0]
     proto.graph.sparse_initializer.append(sparse)

@@ -5,17 +5,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import edgeplug
 import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-
-import edgeplug
 from edgeplug.cli import main
 from edgeplug.model import get_metadata
 
 from ..conftest import registered
-from .plugins_for_tests import Crasher, ExternalData, Mutator, NotApplicable, Refuse, ScaleWeights, Tag, TextFormat
+from .plugins_for_tests import (
+    Crasher,
+    ExternalData,
+    Mutator,
+    NotApplicable,
+    Refuse,
+    ScaleWeights,
+    Tag,
+    TextFormat,
+)
 
 
 def run_cli(*args: str):
@@ -37,8 +45,16 @@ def test_steps_run_in_the_users_order_whatever_the_registration_order(tiny_model
 def test_a_step_that_changes_outputs_is_caught_and_named(tiny_model, tmp_path):
     before = tiny_model.read_bytes()
     with registered((ScaleWeights(), "scale")):
-        result = run_cli("run", tiny_model, "--plugins", "scale", "-o", "scale.factor=1.5",
-                         "--output-dir", tmp_path / "out")
+        result = run_cli(
+            "run",
+            tiny_model,
+            "--plugins",
+            "scale",
+            "-o",
+            "scale.factor=1.5",
+            "--output-dir",
+            tmp_path / "out",
+        )
     assert result.exit_code == 1, result.output
     line = result.output.strip().splitlines()[-1]
     assert line.startswith("edgeplug: error: step 1 (scale) failed")
@@ -52,8 +68,18 @@ def test_a_step_that_changes_outputs_is_caught_and_named(tiny_model, tmp_path):
 
 def test_on_fail_skip_drops_the_step_and_finishes(tiny_model, tmp_path):
     with registered((ScaleWeights(), "scale"), (Tag("a"), "a")):
-        result = run_cli("run", tiny_model, "--plugins", "scale,a", "-o", "scale.factor=2",
-                         "--on-fail", "skip", "--output-dir", tmp_path / "out")
+        result = run_cli(
+            "run",
+            tiny_model,
+            "--plugins",
+            "scale,a",
+            "-o",
+            "scale.factor=2",
+            "--on-fail",
+            "skip",
+            "--output-dir",
+            tmp_path / "out",
+        )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [s["status"] for s in report["steps"]] == ["skipped", "applied"]
@@ -65,8 +91,20 @@ def test_on_fail_skip_drops_the_step_and_finishes(tiny_model, tmp_path):
 
 def test_a_user_loosened_tolerance_passes_and_is_reported(tiny_model, tmp_path):
     with registered((ScaleWeights(), "scale")):
-        result = run_cli("run", tiny_model, "--plugins", "scale", "-o", "scale.factor=1.0001",
-                         "-o", "scale.min_cosine=0.99", "-o", "scale.rtol=0.01", "--output-dir", tmp_path / "out")
+        result = run_cli(
+            "run",
+            tiny_model,
+            "--plugins",
+            "scale",
+            "-o",
+            "scale.factor=1.0001",
+            "-o",
+            "scale.min_cosine=0.99",
+            "-o",
+            "scale.rtol=0.01",
+            "--output-dir",
+            tmp_path / "out",
+        )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     tol = report["steps"][0]["tolerance"]
@@ -83,7 +121,16 @@ def test_not_applicable_and_output_files(tiny_model, tmp_path):
     assert (out / "steps" / "02-a.onnx").exists()
     sidecar = json.loads((out / "tiny.edgeplug.json").read_text())
     assert sidecar["sha256"] == edgeplug.context.sha256_file(out / "tiny.onnx")
-    for key in ("schema_version", "tools", "cpu", "execution_provider", "threads", "seed", "settings", "data"):
+    for key in (
+        "schema_version",
+        "tools",
+        "cpu",
+        "execution_provider",
+        "threads",
+        "seed",
+        "settings",
+        "data",
+    ):
         assert key in report
     assert report["data"]["source"] == "generated"
     metrics = report["steps"][1]["metrics"]
@@ -100,7 +147,9 @@ def test_a_plugin_that_mutates_its_input_is_refused(tiny_model, tmp_path):
 def test_a_crashing_plugin_fails_its_step(tiny_model, tmp_path):
     with registered((Crasher(), "crash"), (Tag("a"), "a")):
         failed = run_cli("run", tiny_model, "--plugins", "crash", "--output-dir", tmp_path / "o1")
-        skipped = run_cli("run", tiny_model, "--plugins", "crash,a", "--on-fail", "skip", "--output-dir", tmp_path / "o2")
+        skipped = run_cli(
+            "run", tiny_model, "--plugins", "crash,a", "--on-fail", "skip", "--output-dir", tmp_path / "o2"
+        )
     assert failed.exit_code == 1 and "RuntimeError: boom" in failed.output
     assert skipped.exit_code == 0, skipped.output
 
@@ -120,7 +169,9 @@ def test_hooks_are_callable_directly_through_the_plugin_manager(tiny_model, tmp_
     pm = edgeplug.load_plugins()
     model = edgeplug.Model.load(tiny_model)
     with registered((Tag("a"), "a")):
-        caller = pm.subset_hook_caller("transform_graph", remove_plugins=[p for n, p in pm.list_name_plugin() if n != "a"])
+        caller = pm.subset_hook_caller(
+            "transform_graph", remove_plugins=[p for n, p in pm.list_name_plugin() if n != "a"]
+        )
         ctx = edgeplug.RunContext("a", {}, edgeplug.Tolerance(), None, ("a",), tmp_path)  # type: ignore[arg-type]
         new = caller(model=model, ctx=ctx)
     assert get_metadata(new.proto, "order") == "a"
@@ -147,7 +198,16 @@ def test_calibration_and_validation_never_share_samples(example_model, example_t
 
 def test_input_shapes_pin_dynamic_dimensions(tiny_model, tmp_path):
     with registered((Tag("a"), "a")):
-        result = run_cli("run", tiny_model, "--plugins", "a", "--input-shapes", "x:2x3x8x8", "--output-dir", tmp_path / "out")
+        result = run_cli(
+            "run",
+            tiny_model,
+            "--plugins",
+            "a",
+            "--input-shapes",
+            "x:2x3x8x8",
+            "--output-dir",
+            tmp_path / "out",
+        )
     assert result.exit_code == 0, result.output
     final = edgeplug.Model.load(Path(tmp_path) / "out" / "tiny.onnx")
     assert final.inputs[0].shape == (2, 3, 8, 8)
@@ -156,15 +216,21 @@ def test_input_shapes_pin_dynamic_dimensions(tiny_model, tmp_path):
 def test_pre_optimize_refusal_is_one_line(tmp_path):
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
     path = tmp_path / "relu.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     with registered((Refuse(), "refuse")):
         result = run_cli("run", path, "--plugins", "refuse", "--output-dir", tmp_path / "o")
     assert result.exit_code == 2
-    assert result.output.strip().splitlines()[-1] == "edgeplug: error: refuse: this plugin needs a model with a Conv node"
+    assert (
+        result.output.strip().splitlines()[-1]
+        == "edgeplug: error: refuse: this plugin needs a model with a Conv node"
+    )
 
 
 def test_load_model_hook_reads_another_format(tmp_path):
@@ -180,7 +246,9 @@ g (float[1, 4] x) => (float[1, 4] y) { y = Relu(x) }""")
 def test_compiled_artifact_is_verified_through_make_runner(tiny_model, tmp_path):
     with registered((ExternalData(), "ext")):
         ok = run_cli("run", tiny_model, "--plugins", "ext", "--output-dir", tmp_path / "ok")
-        bad = run_cli("run", tiny_model, "--plugins", "ext", "-o", "ext.offset=0.5", "--output-dir", tmp_path / "bad")
+        bad = run_cli(
+            "run", tiny_model, "--plugins", "ext", "-o", "ext.offset=0.5", "--output-dir", tmp_path / "bad"
+        )
     assert ok.exit_code == 0, ok.output
     report = json.loads((tmp_path / "ok" / "report.json").read_text())
     assert report["compile"]["kind"] == "onnx-external"
