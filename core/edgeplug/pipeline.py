@@ -344,18 +344,22 @@ class Pipeline:
         name = self.compiler
         self.log(f"[{name}] compile")
         ctx = self.ctx(name)
-        artifact = plugins.call_one(self.pm, "compile", name, model=model, ctx=ctx)
+        section: dict[str, Any] = {"plugin": name, "status": "running"}
+        self.report["compile"] = section
+        try:
+            artifact = plugins.call_one(self.pm, "compile", name, model=model, ctx=ctx)
+        except BaseException as exc:
+            section.update(status="failed", error=f"{type(exc).__name__}: {exc}", details=ctx.details)
+            raise
         if artifact is None:
+            section.update(status="not_applicable", details=ctx.details)
             return Artifact.of("onnx", [final_path])
-        self.report["compile"] = {
-            "plugin": name,
-            "kind": artifact.kind,
-            "files": [str(f) for f in artifact.files],
-            "sha256": artifact.sha256,
-            "info": artifact.info,
-            "details": ctx.details,
-        }
-        self.verify_artifact(artifact, final_out, ctx.tolerance)
+        section.update(status="built", kind=artifact.kind, files=[str(f) for f in artifact.files],
+                       sha256=artifact.sha256, info=artifact.info, details=ctx.details)
+        tolerance = artifact.info.get("tolerance")
+        if isinstance(tolerance, dict):
+            tolerance = Tolerance(**{k: v for k, v in tolerance.items() if k != "user_set"})
+        self.verify_artifact(artifact, final_out, tolerance if isinstance(tolerance, Tolerance) else ctx.tolerance)
         return artifact
 
     def verify_artifact(self, artifact: Artifact, final_out: dict[str, np.ndarray], tol: Tolerance) -> None:
