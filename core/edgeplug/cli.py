@@ -287,3 +287,7 @@ def infer(
         click.echo(f"{key}: {value}")
     if output:
         click.echo(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -38,6 +38,7 @@ class RunContext:
     details: dict[str, Any] = field(default_factory=dict)
     quiet: bool = False
     data_path: str | None = None  # the raw --data value, for load_model (ctx.data is None then)
+    user_options: frozenset[str] = frozenset()  # the option keys the user set (the rest are defaults)
 
     @property
     def following(self) -> tuple[str, ...]:
@@ -120,3 +121,4 @@ class InferenceRequest:
     model: Model | None = None
     artifact: Artifact | None = None
     state: dict[str, Any] = field(default_factory=dict)
+    threads: int = 1

@@ -46,17 +46,20 @@ def infer(
     path = Path(model)
     loaded = Model.load(path)
     feed = _inputs(inputs, loaded)
-    sess = session(loaded.serialized(), threads)
-    batch_one = _batch_is_one(loaded)
+    split = _splits_batch(loaded, feed)
+    sessions: list[Any] = []
 
     def run(feed_: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        count = len(next(iter(feed_.values())))
-        samples = (
-            [{k: v[i : i + 1] for k, v in feed_.items()} for i in range(count)] if batch_one else [feed_]
-        )
-        return run_all(sess, samples)
+        if not sessions:  # created on first use: a guard that runs the model elsewhere never pays for it
+            sessions.append(session(loaded.serialized(), threads))
+        if split:
+            count = len(next(iter(feed_.values())))
+            return run_all(sessions[0], [{k: v[i : i + 1] for k, v in feed_.items()} for i in range(count)])
+        return run_all(sessions[0], [feed_])
 
-    request = InferenceRequest(model_path=path, inputs=feed, run=run, options=values, model=loaded)
+    request = InferenceRequest(
+        model_path=path, inputs=feed, run=run, options=values, model=loaded, threads=threads
+    )
     keep = {CORE, *guards}
     remove = [p for n, p in pm.list_name_plugin() if n not in keep]
     caller = pm.subset_hook_caller("guard_inference", remove_plugins=remove)
@@ -75,5 +78,10 @@ def _inputs(inputs: Mapping[str, np.ndarray] | str | Path, model: Model) -> dict
     return {name: conform(arr, specs[name], where) for name, arr in arrays.items()}
 
 
-def _batch_is_one(model: Model) -> bool:
-    return any(spec.shape and spec.shape[0] == 1 for spec in model.inputs)
+def _splits_batch(model: Model, feed: Mapping[str, np.ndarray]) -> bool:
+    """Run sample by sample when every input has a fixed batch of 1 and the data holds more than one."""
+    specs = model.inputs
+    if not specs or not all(spec.shape and spec.shape[0] == 1 for spec in specs):
+        return False
+    counts = {len(a) for a in feed.values() if np.ndim(a)}
+    return len(counts) == 1 and counts.pop() > 1

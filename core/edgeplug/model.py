@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,9 +124,10 @@ class Model:
             try:
                 from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-                symbolic = SymbolicShapeInference.infer_shapes(
-                    inferred, auto_merge=True, guess_output_rank=True
-                )
+                with _in_temp_dir():  # for large models it writes sym_shape_infer_temp.onnx into the cwd
+                    symbolic = SymbolicShapeInference.infer_shapes(
+                        inferred, auto_merge=True, guess_output_rank=True
+                    )
                 if symbolic is not None:
                     inferred = symbolic
             except Exception:
@@ -196,6 +198,9 @@ class Model:
                 for attr in node.attribute:
                     if attr.name == "value":
                         yield node.output[0], numpy_helper.to_array(attr.t)
+                    elif attr.name == "sparse_value":
+                        values = numpy_helper.to_array(attr.sparse_tensor.values)
+                        yield node.output[0], _densify(attr.sparse_tensor, values)
 
     def stats(self) -> dict[str, int]:
         """Nodes, parameters, non-zero parameters, and the serialized size in bytes."""
@@ -266,7 +271,7 @@ class Model:
         """An onnx-graphsurgeon Graph of this model (edit it freely; the Model is untouched)."""
         import onnx_graphsurgeon as gs
 
-        return gs.import_onnx(self.proto)
+        return gs.import_onnx(self.copy_proto())  # graphsurgeon keeps references into the proto it imports
 
     @classmethod
     def from_graphsurgeon(cls, graph: gs.Graph, like: Model, step: str | None = None) -> Model:
@@ -280,6 +285,17 @@ class Model:
     def __repr__(self) -> str:
         steps = ",".join(self.history) or "original"
         return f"<Model {self.proto.graph.name or 'graph'} opset={self.opset} steps={steps}>"
+
+
+@contextlib.contextmanager
+def _in_temp_dir() -> Iterator[None]:
+    previous = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="edgeplug-shapes-") as tmp:
+        os.chdir(tmp)
+        try:
+            yield
+        finally:
+            os.chdir(previous)
 
 
 def restore_model_fields(proto: onnx.ModelProto, like: onnx.ModelProto) -> None:
@@ -296,8 +312,6 @@ def restore_model_fields(proto: onnx.ModelProto, like: onnx.ModelProto) -> None:
     for imp in like.opset_import:
         if imp.domain not in known:
             proto.opset_import.append(imp)
-        elif known[imp.domain].version != imp.version and imp.domain in ("", "ai.onnx"):
-            known[imp.domain].version = imp.version
     if not proto.functions and like.functions:
         proto.functions.extend(like.functions)
 

@@ -89,6 +89,7 @@ class Pipeline:
         plugins.check_selection(self.pm, list(self.chain))
         schemas = {name: plugins.options_schema(self.pm, name) for name in plugins.names(self.pm)}
         values, user_keys = resolve(schemas, self.chain, merged_options(settings))
+        self.user_keys = {name: frozenset(keys) for name, keys in user_keys.items()}
         self.options: dict[str, dict[str, Any]] = {}
         self.tolerances: dict[str, Tolerance] = {}
         for name in self.chain:
@@ -137,6 +138,7 @@ class Pipeline:
             details=self.details.setdefault(plugin, {}),
             quiet=self.settings.quiet,
             data_path=self.settings.data,
+            user_options=self.user_keys.get(plugin, frozenset()),
         )
 
     def log(self, message: str) -> None:
@@ -158,6 +160,7 @@ class Pipeline:
                 loaded = plugins.call_one(self.pm, "load_model", name, path=path, ctx=self.ctx(name))
                 if loaded is not None:
                     self.log(f"[{name}] loaded {path}")
+                    loaded.check()
                     if self.settings.input_shapes:
                         loaded = loaded.with_input_shapes(self.settings.input_shapes).infer_shapes()
                     return loaded
@@ -244,9 +247,11 @@ class Pipeline:
         artifact = self.compile(model, final_path, prev_out)
         digest = sha256_file(final_path)
         self.report["final"] = {"path": str(final_path), "sha256": digest, "history": list(model.history)}
+        data_file = final_path.with_name(f"{final_path.name}.data")
         sidecar = {
             "model": final_path.name,
             "sha256": digest,
+            "external_data": {data_file.name: sha256_file(data_file)} if data_file.exists() else {},
             "steps": list(model.history),
             "artifact": {"kind": artifact.kind, "files": {k: v for k, v in artifact.sha256.items()}}
             if artifact
@@ -354,12 +359,20 @@ class Pipeline:
         if artifact is None:
             section.update(status="not_applicable", details=ctx.details)
             return Artifact.of("onnx", [final_path])
-        section.update(status="built", kind=artifact.kind, files=[str(f) for f in artifact.files],
-                       sha256=artifact.sha256, info=artifact.info, details=ctx.details)
+        section.update(
+            status="built",
+            kind=artifact.kind,
+            files=[str(f) for f in artifact.files],
+            sha256=artifact.sha256,
+            info=artifact.info,
+            details=ctx.details,
+        )
         tolerance = artifact.info.get("tolerance")
         if isinstance(tolerance, dict):
             tolerance = Tolerance(**{k: v for k, v in tolerance.items() if k != "user_set"})
-        self.verify_artifact(artifact, final_out, tolerance if isinstance(tolerance, Tolerance) else ctx.tolerance)
+        self.verify_artifact(
+            artifact, final_out, tolerance if isinstance(tolerance, Tolerance) else ctx.tolerance
+        )
         return artifact
 
     def verify_artifact(self, artifact: Artifact, final_out: dict[str, np.ndarray], tol: Tolerance) -> None:

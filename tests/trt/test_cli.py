@@ -203,7 +203,8 @@ def test_make_runner_only_takes_engines(tmp_path: Path, example_model: Path) -> 
 @needs_no_tensorrt
 @pytest.mark.skipif(not load_plugins().has_plugin("quant"), reason="the quant plugin is not installed")
 def test_quant_then_trt_int8_chain(tmp_path: Path, example_model: Path, example_test_data: Path) -> None:
-    """quant's static QDQ (int32 biases, as onnxruntime writes them) prepared exactly for TensorRT."""
+    """quant's static QDQ, made for TensorRT (symmetric s8, float biases), is prepared exactly and passes the
+    INT8 checks; the folding of int32 biases itself is tested on onnxruntime's own output in test_preparation."""
     out = tmp_path / "out"
     code, output = _run(
         str(example_model),
@@ -224,6 +225,5 @@ def test_quant_then_trt_int8_chain(tmp_path: Path, example_model: Path, example_
     assert (
         trt["verification"]["passed"] and trt["verification"]["vs_previous"]["logits"]["max_abs_error"] == 0.0
     )
-    assert trt["details"]["constant_folding"]["int32_bias_dequantize_folded"]
     assert trt["details"]["quantization"]["int32_biases"] == []
     assert trt["details"]["quantization"]["nonzero_zero_points"] == []

@@ -1,0 +1,235 @@
+"""The `fuse` plugin: exact graph fusions with onnx-graphsurgeon.
+
+target=onnx (default) keeps the model standard ONNX (for quant, neon, TensorRT); target=onnxruntime
+also fuses Conv+activation into com.microsoft FusedConv and lets transformer=auto fuse encoders.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import onnx
+import onnx_graphsurgeon as gs
+from edgeplug import Model, Option, OptionError, PluginError, RunContext, hookimpl
+
+from . import activation, batchnorm, cleanup, transformer
+from .patterns import graph_of
+
+TARGETS = ("onnx", "onnxruntime")
+TRANSFORMER_MODES = ("auto", "off", "bert")
+# plugins that cannot consume onnxruntime contrib ops (com.microsoft domain)
+STANDARD_ONLY = ("neon", "trt")
+CLEANUPS = (
+    "constant_nodes_to_initializers",
+    "dead_nodes_removed",
+    "constant_nodes_folded",
+    "identity_removed",
+    "dropout_removed",
+    "matmul_add_to_gemm",
+    "duplicate_initializers_merged",
+)
+
+
+@hookimpl
+def plugin_options() -> list[Option]:
+    return [
+        Option(
+            "target",
+            "str",
+            "onnx",
+            "onnx: portable standard ONNX; onnxruntime: also Conv+activation -> com.microsoft FusedConv "
+            "and transformer fusions when an encoder is detected",
+            choices=TARGETS,
+        ),
+        Option(
+            "transformer",
+            "str",
+            "auto",
+            "encoder fusions with onnxruntime.transformers (Attention, SkipLayerNormalization, BiasGelu, "
+            "EmbedLayerNormalization): auto = when an encoder is detected and target=onnxruntime; "
+            "bert = always; off = never",
+            choices=TRANSFORMER_MODES,
+        ),
+        Option("num_heads", "int", 0, "attention heads for the transformer fusion (0 = read from the graph)"),
+        Option("hidden_size", "int", 0, "hidden size for the transformer fusion (0 = read from the graph)"),
+    ]
+
+
+@hookimpl
+def pre_optimize(model: Model, ctx: RunContext) -> None:
+    """Refuse an onnxruntime-only output in front of neon/trt before any step runs."""
+    _refuse_chain(_checked(ctx.options), ctx)
+
+
+@hookimpl
+def transform_graph(model: Model, ctx: RunContext) -> Model | None:
+    options = _checked(ctx.options)
+    _refuse_chain(options, ctx)
+    if options["target"] == "onnxruntime" and "quant" in ctx.following:
+        ctx.log(
+            "warning: quant does not quantize com.microsoft FusedConv; target=onnx keeps those Convs int8-able"
+        )
+    counts: dict[str, Any] = {"nodes_before": len(model.proto.graph.node)}
+    graph = graph_of(model)
+    work = _encoder_step(model, graph, options, counts, ctx)
+    if work is not model:
+        graph = graph_of(work)
+    _graph_passes(graph, options, counts)
+    for key, value in counts.items():
+        ctx.record(key, value)
+    _warn_left(counts, ctx)
+    applied = (
+        (work is not model) + sum(counts[k] for k in CLEANUPS) + sum(counts["batchnorm_folded"].values())
+    )
+    applied += sum(counts.get("activations_fused", {}).values())
+    if not applied:
+        _explain_nothing(counts, ctx)
+        return None
+    result = Model.from_graphsurgeon(graph, like=model).infer_shapes()
+    ctx.record("nodes_after", len(result.proto.graph.node))
+    _log_summary(counts, len(result.proto.graph.node), ctx)
+    return result
+
+
+def _encoder_step(
+    model: Model, graph: gs.Graph, options: dict[str, Any], counts: dict[str, Any], ctx: RunContext
+) -> Model:
+    """The model with its transformer encoder fused when that is asked for and stays exact, else `model`."""
+    encoder = transformer.detect_encoder(graph)
+    if not _wants_transformer(options, encoder, ctx):
+        if encoder.found:
+            counts["transformer"] = {"detected": encoder.as_dict(), "fused": {}}
+        return model
+    heads = options["num_heads"] or encoder.num_heads
+    hidden = options["hidden_size"] or encoder.hidden_size
+    if heads and hidden and hidden % heads:
+        raise OptionError(
+            f"fuse: hidden_size {hidden} is not a multiple of num_heads {heads}; "
+            "set -o fuse.num_heads and -o fuse.hidden_size to the model's values"
+        )
+    proto, fused = transformer.fuse_encoder(model.proto, heads, hidden)
+    counts["transformer"] = {
+        "num_heads": heads,
+        "hidden_size": hidden,
+        "fused": fused,
+        "detected": encoder.as_dict(),
+    }
+    if not fused:
+        ctx.log("transformer encoder fusion found nothing to fuse")
+        return model
+    if not _encoder_within_tolerance(model, proto, ctx, counts["transformer"]):
+        return model
+    return model.replace(proto)
+
+
+def _graph_passes(graph: gs.Graph, options: dict[str, Any], counts: dict[str, Any]) -> None:
+    """The graphsurgeon rewrites, in an order where each one sets up the next, counted into `counts`."""
+    nodes = len(graph.nodes)
+    counts["constant_nodes_to_initializers"] = cleanup.constant_nodes_to_initializers(graph)
+    graph.cleanup()
+    counts["dead_nodes_removed"] = nodes - len(graph.nodes) - counts["constant_nodes_to_initializers"]
+    counts["constant_nodes_folded"] = cleanup.fold_constants(graph)
+    removed = cleanup.remove_passthrough(graph)
+    counts["identity_removed"], counts["dropout_removed"] = removed["Identity"], removed["Dropout"]
+    counts["matmul_add_to_gemm"] = cleanup.matmul_add_to_gemm(graph)
+    counts.update(batchnorm.fold_batchnorms(graph).as_dict())
+    if options["target"] == "onnxruntime":
+        counts["activations_fused"] = dict(sorted(activation.fuse_conv_activations(graph).items()))
+    # after the folds, so that folding never sees weights shared only because their values matched
+    counts["duplicate_initializers_merged"] = cleanup.merge_duplicate_initializers(graph)
+    graph.cleanup().toposort()
+
+
+def _checked(options: dict[str, Any]) -> dict[str, Any]:
+    """Options with defaults filled (programmatic callers may pass a partial dict) and range-checked."""
+    merged = {"target": "onnx", "transformer": "auto", "num_heads": 0, "hidden_size": 0, **options}
+    for key in ("num_heads", "hidden_size"):
+        if int(merged[key]) < 0:
+            raise OptionError(f"fuse.{key} must be 0 (read from the graph) or positive, not {merged[key]}")
+    return merged
+
+
+def _refuse_chain(options: dict[str, Any], ctx: RunContext) -> None:
+    """Refuse an output the following plugins cannot compile (contrib ops in front of neon or trt)."""
+    portable = options["target"] == "onnx" and options["transformer"] != "bert"
+    blocked = [name for name in ctx.following if name in STANDARD_ONLY]
+    if not portable and blocked:
+        raise PluginError(
+            f"fuse with target={options['target']}/transformer={options['transformer']} emits onnxruntime "
+            f"contrib ops that {', '.join(blocked)} cannot compile; use -o fuse.target=onnx -o fuse.transformer=auto"
+        )
+
+
+def _wants_transformer(options: dict[str, Any], encoder: transformer.EncoderInfo, ctx: RunContext) -> bool:
+    mode = options["transformer"]
+    if mode == "bert":
+        if options["target"] == "onnx":
+            ctx.log("transformer=bert: the fused encoder uses com.microsoft ops that only onnxruntime runs")
+        return True
+    if mode == "off" or not encoder.found:
+        return False
+    if options["target"] != "onnxruntime":
+        ctx.log(
+            f"transformer encoder detected ({encoder.attention_blocks} attention blocks); its fusions emit "
+            "onnxruntime ops, enable them with -o fuse.target=onnxruntime (or fuse.transformer=bert)"
+        )
+        return False
+    return True
+
+
+def _encoder_within_tolerance(
+    model: Model, proto: onnx.ModelProto, ctx: RunContext, record: dict[str, Any]
+) -> bool:
+    """onnxruntime's fused Attention/LayerNorm/Gelu kernels round differently from the unfused graph; check
+    them against this step's tolerance on validation samples so that a miss drops only the encoder fusion
+    (with the measured error in the report) instead of failing the whole step."""
+    if ctx.data is None or not ctx.data.validation:
+        return True
+    from edgeplug import verify
+
+    samples = ctx.data.validation[:16]
+    metrics = verify.compare(
+        verify.outputs_of(model, samples, ctx.threads),
+        verify.outputs_of(model.replace(proto), samples, ctx.threads),
+    )
+    failures = verify.check(metrics, ctx.tolerance)
+    record["max_abs_error"] = max((m.get("max_abs_error", 0.0) for m in metrics.values()), default=0.0)
+    if not failures:
+        return True
+    record["dropped"] = failures[0]
+    ctx.log(
+        f"encoder fusion dropped, it misses this step's tolerance: {failures[0]}; accept it with "
+        f"-o fuse.atol={record['max_abs_error']:.1e} (or -o fuse.min_cosine=0.9999)"
+    )
+    return False
+
+
+def _warn_left(counts: dict[str, Any], ctx: RunContext) -> None:
+    left = counts.get("batchnorm_left") or {}
+    if left and "neon" in ctx.following:
+        ctx.log(
+            f"warning: {sum(left.values())} BatchNormalization left unfused, which neon cannot compile: "
+            + ", ".join(f"{n} ({why})" for why, n in left.items())
+        )
+
+
+def _explain_nothing(counts: dict[str, Any], ctx: RunContext) -> None:
+    left = counts.get("batchnorm_left") or {}
+    if left:
+        ctx.log("BatchNormalization left unfused: " + ", ".join(f"{n} ({why})" for why, n in left.items()))
+
+
+def _log_summary(counts: dict[str, Any], nodes_after: int, ctx: RunContext) -> None:
+    folded = sum(counts["batchnorm_folded"].values())
+    left = sum(counts["batchnorm_left"].values())
+    parts = []
+    if folded or left:
+        parts.append(f"{folded} BatchNormalization folded" + (f" ({left} left)" if left else ""))
+    if counts.get("activations_fused"):
+        parts.append(f"{sum(counts['activations_fused'].values())} activations fused into FusedConv")
+    if counts.get("transformer", {}).get("fused"):
+        parts.append("encoder: " + ", ".join(f"{n} {op}" for op, n in counts["transformer"]["fused"].items()))
+    cleaned = sum(counts[k] for k in CLEANUPS)
+    if cleaned:
+        parts.append(f"{cleaned} clean-ups")
+    ctx.log("; ".join(parts) + f"; nodes {counts['nodes_before']} -> {nodes_after}")

@@ -1,0 +1,192 @@
+"""The `prune` plugin's hooks: options, Keras training-time pruning (load_model) and ONNX pruning
+(transform_graph: unstructured, N:M or structured, optionally searching the sparsity for a budget)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import onnx
+from edgeplug import Model, Option, PluginError, RunContext, hookimpl
+from edgeplug.model import get_metadata
+from edgeplug.verify import check, compare, outputs_of
+
+from . import settings as config
+from .accounting import compare_layers, totals
+from .keras_training import TRAINED_KEY, TRAINED_STEP, is_keras, prune_keras
+from .magnitude import prune_weights
+from .reconstruct import reconstruct
+from .search import bisect_sparsity
+from .settings import PruneSettings
+from .storage import densify, has_sparse_constants, sizes, to_sparse
+from .structured import prune_channels
+
+BUDGET_KEYS = ("min_cosine", "min_top1")
+MAX_CALIBRATION = 2048
+
+
+@hookimpl
+def plugin_options() -> list[Option]:
+    return config.options()
+
+
+@hookimpl
+def load_model(path: Path, ctx: RunContext) -> Model | None:
+    """Keras files (.h5, .keras, SavedModel folders): prune while fine-tuning with tfmot, export to ONNX."""
+    if not is_keras(path):
+        return None
+    return prune_keras(path, ctx, PruneSettings.from_options(ctx.options))
+
+
+@hookimpl
+def pre_optimize(model: Model, ctx: RunContext) -> None:
+    """Refuse bad options and reconstruction on generated data before any step runs."""
+    cfg = PruneSettings.from_options(ctx.options)
+    if cfg.mode == "structured" and cfg.reconstruct:
+        ctx.require_real_data("least-squares reconstruction after structured pruning")
+
+
+@hookimpl
+def transform_graph(model: Model, ctx: RunContext) -> Model | None:
+    cfg = PruneSettings.from_options(ctx.options)
+    if not any(n.op_type in ("Conv", "Gemm", "MatMul") for n in model.proto.graph.node):
+        ctx.log("no Conv, Gemm or MatMul weights to prune")
+        return None
+    trained = get_metadata(model.proto, TRAINED_KEY)
+    if TRAINED_STEP in model.history and trained is not None and cfg.mode == "unstructured":
+        ctx.log(f"weights already pruned to {trained} during training (tfmot); storing them only")
+        return _finish(model, model.proto, ctx, cfg, {"mode": "tfmot", "sparsity": float(trained)})
+    if has_sparse_constants(model.proto):  # e.g. a model this plugin stored sparse earlier: prune it again
+        model = model.replace(densify(model.proto))
+    use_lsq = _wants_reconstruction(cfg, ctx)
+    calibration = ctx.data.calibration[:MAX_CALIBRATION] if use_lsq else []
+    budget = [k for k in BUDGET_KEYS if k in ctx.tolerance.user_set]
+    info: dict[str, Any] = {"mode": cfg.mode, "reconstruct": use_lsq}
+
+    def build(sparsity: float) -> tuple[onnx.ModelProto, dict[str, Any]]:
+        return _prune(model.proto, cfg, sparsity, ctx, use_lsq, calibration)
+
+    if cfg.sparsity is None and budget and cfg.mode != "nm":
+        reference = outputs_of(model, ctx.data.validation, ctx.threads)
+
+        def passes(sparsity: float) -> tuple[bool, dict[str, Any]]:
+            proto, _ = build(sparsity)
+            metrics = compare(reference, outputs_of(model.replace(proto), ctx.data.validation, ctx.threads))
+            failures = check(metrics, ctx.tolerance)
+            summary = {k: v for m in metrics.values() for k, v in m.items() if k in ("cosine", "top1")}
+            return not failures, summary
+
+        ctx.log(
+            f"searching the highest sparsity meeting {', '.join(budget)} on {len(ctx.data.validation)} "
+            "validation samples"
+        )
+        best, trace = bisect_sparsity(passes, high=0.9 if cfg.mode == "structured" else 0.95)
+        info["search"] = {"budget": {k: getattr(ctx.tolerance, k) for k in budget}, "trace": trace}
+        if best is None:
+            raise PluginError(
+                f"prune: no sparsity down to {trace[-1]['sparsity']:.3f} meets "
+                f"{', '.join(f'{k}={getattr(ctx.tolerance, k)}' for k in budget)} on the validation data; "
+                "loosen the budget or set prune.sparsity"
+            )
+        sparsity = best
+        ctx.log(f"search chose sparsity {sparsity:.4f}")
+    else:
+        if cfg.sparsity is None and budget and cfg.mode == "nm":
+            ctx.log("mode=nm has a fixed pattern; the budget is verified, not searched")
+        sparsity = config.DEFAULT_SPARSITY if cfg.sparsity is None else cfg.sparsity
+    proto, details = build(sparsity)
+    if cfg.mode == "structured" and not any(g["kept"] < g["channels"] for g in details["groups"]):
+        reasons = sorted({g["policy"] for g in details["groups"]}) or [
+            "the graph has no Conv (group 1) layers"
+        ]
+        ctx.log(
+            f"no channel group can be pruned ({'; '.join(reasons[:3])}); structured pruning does not apply"
+        )
+        return None
+    info.update(details)
+    info["sparsity_target"] = sparsity if cfg.mode != "nm" else cfg.nm[0] / cfg.nm[1]
+    return _finish(model, proto, ctx, cfg, info)
+
+
+def _wants_reconstruction(cfg: PruneSettings, ctx: RunContext) -> bool:
+    if cfg.mode != "structured":
+        if cfg.reconstruct:
+            ctx.log("reconstruct applies to mode=structured only; ignored")
+        return False
+    if cfg.reconstruct is None:
+        return ctx.data.source == "file"
+    if cfg.reconstruct and ctx.data.source == "generated":  # pre_optimize already warned about random data
+        ctx.require_real_data("least-squares reconstruction after structured pruning")
+    return bool(cfg.reconstruct)
+
+
+def _prune(
+    proto: onnx.ModelProto,
+    cfg: PruneSettings,
+    sparsity: float,
+    ctx: RunContext,
+    use_lsq: bool,
+    calibration: list[dict[str, Any]],
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    if cfg.mode in ("unstructured", "nm"):
+        pruned, rows = prune_weights(proto, cfg, sparsity, log=ctx.log)
+        return pruned, {"weights": rows}
+    result = prune_channels(proto, cfg, sparsity, log=_silent)  # the search builds many candidates
+    details: dict[str, Any] = {"groups": result.groups}
+    if use_lsq and result.sinks:
+        refit, rows = reconstruct(
+            proto,
+            result.proto,
+            result.sinks,
+            result.kept_out,
+            calibration,
+            threads=ctx.threads,
+            seed=ctx.seed,
+            progress=ctx.progress,
+        )
+        details["reconstruction"] = {"calibration_samples": len(calibration), "layers": rows}
+        return refit, details
+    return result.proto, details
+
+
+def _finish(
+    model: Model, proto: onnx.ModelProto, ctx: RunContext, cfg: PruneSettings, info: dict[str, Any]
+) -> Model:
+    """Sparse storage where it pays, the per-layer report, and the new Model."""
+    layers = compare_layers(model.proto, proto)
+    stored: list[dict[str, Any]] = []
+    if cfg.storage == "sparse" and cfg.mode != "structured":
+        if ctx.following:
+            info["storage_note"] = (
+                f"kept dense: {', '.join(ctx.following)} run after prune and take dense weights"
+            )
+        else:
+            weights = [r["weight"] for r in info.get("weights", [])] or _zeroed(proto)
+            proto, stored = to_sparse(proto, weights)
+    info["storage"] = {
+        "mode": cfg.storage,
+        "sparse_weights": stored,
+        "size_before": sizes(model.proto),
+        "size_after": sizes(proto),
+    }
+    info["layers"] = layers
+    info["totals"] = totals(layers)
+    for key, value in info.items():
+        ctx.record(key, value)
+    t = info["totals"]
+    ctx.log(
+        f"{cfg.mode}: parameters {t['parameters_before']} -> {t['nonzero_parameters_after']} non-zero "
+        f"({t['sparsity']:.1%} removed), FLOPs {t['flops_before']} -> {t['flops_after']}; "
+        f"{len(stored)} weights stored sparse"
+    )
+    return model.replace(proto, "prune")
+
+
+def _silent(message: str) -> None:
+    del message
+
+
+def _zeroed(proto: onnx.ModelProto) -> list[str]:
+    from .magnitude import weight_sites
+
+    return [s.weight for s in weight_sites(proto)]

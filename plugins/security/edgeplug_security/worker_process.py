@@ -1,0 +1,133 @@
+"""The code that runs inside the isolated inference worker: `python -m edgeplug_security.worker_process FD
+MODEL SHA256 MEMORY_MB THREADS EXTERNAL`, FD being its end of a multiprocessing Pipe.
+
+Only numpy and onnxruntime are imported here, so the worker starts fast. Protocol over a Pipe:
+parent -> ("run", inputs) | None (exit); worker -> ("ready", info) | ("ok", outputs) | ("error", kind, text)
+with kind in "oom", "model", "run".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import re
+import resource
+import signal
+import sys
+from multiprocessing.connection import Connection
+from typing import Any
+
+OOM_MARKERS = ("bad_alloc", "failed to allocate", "out of memory", "cannot allocate", "memoryerror")
+
+
+def serve(
+    conn: Connection, model_path: str, sha256: str | None, memory_mb: int, threads: int, external: bool
+) -> None:
+    """Load the model under an address-space limit, then answer run requests until told to stop.
+
+    The model is read once, checked against `sha256`, and the session is built from those very bytes (no
+    window to swap the file); a model with external data is loaded from its path instead."""
+    import onnxruntime as ort
+
+    if memory_mb > 0:
+        limit = memory_mb * 2**20
+        baseline = _vm_size()
+        if baseline >= limit:
+            conn.send(
+                (
+                    "error",
+                    "oom",
+                    f"memory_mb={memory_mb} is below what the runtime alone needs "
+                    f"({baseline // 2**20} MiB of address space)",
+                )
+            )
+            return
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    try:
+        with open(model_path, "rb") as fh:
+            data = fh.read()
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            conn.send(("error", "model", f"{model_path} changed on disk after it was checked"))
+            return
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        if external:
+            sess = ort.InferenceSession(model_path, sess_options=opts, providers=["CPUExecutionProvider"])
+        else:
+            sess = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+        del data
+    except BaseException as exc:
+        conn.send(("error", _kind(exc, "model"), _first_line(exc)))
+        return
+    names = [o.name for o in sess.get_outputs()]
+    batch_one = any(i.shape and i.shape[0] == 1 for i in sess.get_inputs())
+    conn.send(("ready", {"vm_mib": _vm_size() // 2**20}))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        _, feed = message
+        try:
+            conn.send(("ok", run_session(sess, names, feed, batch_one)))
+        except BaseException as exc:
+            conn.send(("error", _kind(exc, "run"), _first_line(exc)))
+
+
+def run_session(sess: Any, names: list[str], feed: dict[str, Any], batch_one: bool) -> dict[str, Any]:
+    """Run like the core's runner: one sample at a time when the model fixes its batch to 1."""
+    import numpy as np
+
+    samples = [feed]
+    if batch_one:
+        count = len(next(iter(feed.values())))
+        samples = [{k: v[i : i + 1] for k, v in feed.items()} for i in range(count)]
+    collected: dict[str, list[Any]] = {n: [] for n in names}
+    for sample in samples:
+        for name, value in zip(names, sess.run(names, sample)):
+            collected[name].append(np.asarray(value))
+    return {n: np.concatenate(v, axis=0) if v[0].ndim else np.stack(v) for n, v in collected.items()}
+
+
+def _kind(exc: BaseException, default: str) -> str:
+    text = f"{type(exc).__name__} {exc}".lower()
+    return "oom" if isinstance(exc, MemoryError) or any(m in text for m in OOM_MARKERS) else default
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    # onnxruntime: "[ONNXRuntimeError] : 1 : FAIL : ... Status Message: /src/x.cc:360 void* f(...) What happened"
+    text = re.sub(r"^.*Status Message: ", "", text)
+    text = re.sub(r"^\S+\.(cc|h|cpp):\d+ .*?\) ", "", text)
+    return text or type(exc).__name__
+
+
+def _vm_size() -> int:
+    """This process's virtual memory size in bytes (what RLIMIT_AS limits)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the parent dies, so a hung worker never outlives its caller."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def main(argv: list[str]) -> None:
+    fd, model_path, sha256, memory_mb, threads, external = argv
+    _die_with_parent()
+    serve(Connection(int(fd)), model_path, sha256 or None, int(memory_mb), int(threads), external == "1")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
