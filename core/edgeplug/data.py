@@ -162,8 +162,10 @@ def read_arrays(
         try:
             with np.load(path, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError, EOFError) as exc:
-            raise DataError(f"cannot read {path} as .npz: {exc}") from None
+        except (OSError, ValueError, EOFError):
+            raise DataError(
+                f"cannot read {path}: not a .npz archive of arrays (write it with numpy.savez)"
+            ) from None
     elif path.suffix == ".npy" and len(model.inputs) == 1:
         arrays = {model.inputs[0].name: _load_npy(path)}
     else:
@@ -171,7 +173,11 @@ def read_arrays(
     labels = arrays.pop(LABELS, None)
     check_names(arrays, model, str(path))
     if labels is not None:
-        labels = np.asarray(labels).reshape(len(labels), -1).squeeze(-1) if labels.ndim > 1 else labels
+        labels = np.asarray(labels)
+        labels = labels.reshape(len(labels), -1).squeeze(-1) if labels.ndim > 1 else labels
+        counts = {len(a) for a in arrays.values() if np.ndim(a)}
+        if labels.ndim != 1 or counts != {len(labels)}:
+            raise DataError(f"{path}: {len(labels)} labels for {', '.join(map(str, sorted(counts)))} samples")
     return arrays, labels
 
 
@@ -208,6 +214,11 @@ def to_samples(arrays: Mapping[str, np.ndarray], model: Model, where: str) -> li
     for name, array in arrays.items():
         spec = specs[name]
         array = conform(np.asarray(array), spec, where)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            bad = int(np.count_nonzero(~np.isfinite(array)))
+            raise DataError(
+                f"{where}: {name} holds {bad} NaN or Inf values; verification needs finite inputs"
+            )
         converted[name] = array
     total = next(iter(counts.values()))
     if total == 0:

@@ -123,6 +123,26 @@ def schema_for(declared: Iterable[Option]) -> dict[str, Option]:
     return table
 
 
+BOUNDS = {
+    "min_cosine": (-1.0, 1.0),
+    "min_top1": (0.0, 1.0),
+    "max_abs_error": (0.0, None),
+    "rtol": (0.0, None),
+    "atol": (0.0, None),
+}
+
+
+def check_tolerance_values(plugin: str, values: Mapping[str, Any]) -> None:
+    """Tolerances outside their meaningful range are refused before any work is done."""
+    for key, (low, high) in BOUNDS.items():
+        value = values.get(key)
+        if value is None:
+            continue
+        if value != value or value < low or (high is not None and value > high):
+            span = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+            raise OptionError(f"bad value {value!r} for {plugin}.{key}: expected a number {span}")
+
+
 def split_tolerance(values: Mapping[str, Any], user_keys: Iterable[str]) -> tuple[dict[str, Any], Tolerance]:
     """Separate tolerance keys from a plugin's option values; default to exact when none is declared."""
     tol = {k: values.get(k) for k in TOLERANCE_KEYS}

@@ -17,7 +17,7 @@ from .context import Artifact, RunContext, sha256_file
 from .data import Dataset, Preprocess, load_data
 from .errors import EdgeplugError, ModelError, OptionError, PluginError, VerificationError
 from .model import Model
-from .options import Tolerance, read_config, resolve, split_tolerance
+from .options import Tolerance, check_tolerance_values, read_config, resolve, split_tolerance
 from .report import new_report, print_summary, write_json
 
 CORE = "core"
@@ -93,6 +93,7 @@ class Pipeline:
         self.options: dict[str, dict[str, Any]] = {}
         self.tolerances: dict[str, Tolerance] = {}
         for name in self.chain:
+            check_tolerance_values(name, values[name])
             self.options[name], self.tolerances[name] = split_tolerance(values[name], user_keys[name])
         self.input = model_path
         stem = (

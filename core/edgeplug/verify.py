@@ -89,11 +89,12 @@ def check(metrics: dict[str, dict[str, Any]], tol: Tolerance) -> list[str]:
                     f"output {name}: {int(bad.sum())} of {bad.size} values differ by more than "
                     f"atol {atol:g} + rtol {rtol:g}*|ref| (max abs error {m['max_abs_error']:.3g})"
                 )
-        if tol.max_abs_error is not None and m["max_abs_error"] > tol.max_abs_error:
+        # written as "not (x >= bound)" so that a NaN metric fails instead of passing
+        if tol.max_abs_error is not None and not m["max_abs_error"] <= tol.max_abs_error:
             failures.append(f"output {name}: max abs error {m['max_abs_error']:.3g} > {tol.max_abs_error:g}")
-        if tol.min_cosine is not None and m["cosine"] < tol.min_cosine:
+        if tol.min_cosine is not None and not m["cosine"] >= tol.min_cosine:
             failures.append(f"output {name}: cosine {m['cosine']:.5f} < {tol.min_cosine:g}")
-        if tol.min_top1 is not None and "top1" in m and m["top1"] < tol.min_top1:
+        if tol.min_top1 is not None and "top1" in m and not m["top1"] >= tol.min_top1:
             failures.append(f"output {name}: top-1 agreement {m['top1']:.4f} < {tol.min_top1:g}")
     return failures
 

@@ -175,3 +175,42 @@ def test_bad_input_shapes(tiny_model, tmp_path, tag_plugin):
 def test_debug_shows_the_traceback(tiny_model, tag_plugin):
     result = CliRunner().invoke(main, ["--debug", "run", str(tiny_model), "--plugins", "nope"])
     assert result.exit_code == 2
+
+
+def test_data_with_nan_is_refused(tiny_model, tmp_path, tag_plugin):
+    npz = tmp_path / "nan.npz"
+    x = np.zeros((4, 3, 8, 8), np.float32)
+    x[1, 0, 0, 0] = np.nan
+    np.savez(npz, x=x)
+    line = refused(
+        ["run", tiny_model, "--plugins", "a", "--data", npz, "--output-dir", tmp_path / "o"], tiny_model
+    )
+    assert "NaN or Inf" in line
+
+
+def test_label_count_must_match_the_samples(tiny_model, tmp_path, tag_plugin):
+    npz = tmp_path / "labels.npz"
+    np.savez(npz, x=np.zeros((4, 3, 8, 8), np.float32), labels=np.zeros(3, np.int64))
+    line = refused(
+        ["run", tiny_model, "--plugins", "a", "--data", npz, "--output-dir", tmp_path / "o"], tiny_model
+    )
+    assert "3 labels for 4 samples" in line
+
+
+def test_data_that_is_not_an_npz_archive(tiny_model, tmp_path, tag_plugin):
+    npz = tmp_path / "fake.npz"
+    npz.write_text("not a zip")
+    line = refused(
+        ["run", tiny_model, "--plugins", "a", "--data", npz, "--output-dir", tmp_path / "o"], tiny_model
+    )
+    assert "not a .npz archive" in line
+
+
+@pytest.mark.parametrize(
+    "option", ["scale.min_top1=1.5", "scale.min_cosine=2", "scale.atol=-1", "scale.rtol=nan"]
+)
+def test_tolerances_out_of_range_are_refused(tiny_model, tmp_path, tag_plugin, option):
+    line = refused(
+        ["run", tiny_model, "--plugins", "scale", "-o", option, "--output-dir", tmp_path / "o"], tiny_model
+    )
+    assert option.split("=")[0] in line and "expected a number" in line

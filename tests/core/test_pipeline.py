@@ -266,3 +266,13 @@ def test_two_compiling_plugins_are_refused(tiny_model, tmp_path):
     with registered((ExternalData(), "ext"), (Other(), "ext2")):
         result = run_cli("run", tiny_model, "--plugins", "ext,ext2", "--output-dir", tmp_path / "o")
     assert result.exit_code == 2 and "at most one compiling plugin" in result.output
+
+
+def test_a_nan_metric_fails_verification():
+    from edgeplug import Tolerance
+    from edgeplug.verify import check, compare
+
+    ref = {"y": np.ones((2, 3), np.float32)}
+    got = {"y": np.full((2, 3), np.nan, np.float32)}
+    failures = check(compare(ref, got), Tolerance(min_cosine=0.9, min_top1=0.5, max_abs_error=1.0))
+    assert any("cosine" in f for f in failures) and any("max abs error" in f for f in failures)
