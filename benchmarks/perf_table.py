@@ -28,7 +28,6 @@ sys.path.insert(0, str(ROOT))
 from edgeplug import Model  # noqa: E402
 from edgeplug.bench import measure  # noqa: E402
 from edgeplug.cpu import cpu_info  # noqa: E402
-from edgeplug.data import generate_inputs  # noqa: E402
 from edgeplug.progress import progress  # noqa: E402
 
 from tests import zoo  # noqa: E402
@@ -69,10 +68,26 @@ CHAINS: dict[str, dict[str, Any]] = {
 }
 
 
-def calibration_npz(model_path: Path, folder: Path, count: int = 16) -> Path:
-    model = Model(__import__("onnx").load(str(model_path), load_external_data=False))
-    samples = generate_inputs(model, count, seed=0)
-    arrays = {k: np.concatenate([s[k] for s in samples]) for k in samples[0]}
+def calibration_npz(model_path: Path, folder: Path, count: int = 16, sequence: int = 128) -> Path:
+    """Random images for the CNNs; for BERT, token ids drawn from its vocabulary, a full attention mask
+    and segment ids 0, at the model's sequence length."""
+    import onnx
+
+    proto = onnx.load(str(model_path), load_external_data=False)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    rng = np.random.default_rng(0)
+    arrays: dict[str, np.ndarray] = {}
+    for spec in Model(proto).inputs:
+        if spec.dtype.kind == "f":
+            arrays[spec.name] = rng.random((count, *spec.shape[1:]), dtype=np.float32)
+            continue
+        length = int(meta.get("edgeplug.zoo.seq_len", sequence))
+        if "mask" in spec.name:
+            arrays[spec.name] = np.ones((count, length), spec.dtype)
+        elif "type" in spec.name:
+            arrays[spec.name] = np.zeros((count, length), spec.dtype)
+        else:
+            arrays[spec.name] = rng.integers(0, int(meta.get("edgeplug.zoo.vocab_size", 1000)), (count, length)).astype(spec.dtype)
     path = folder / "calibration.npz"
     np.savez(path, **arrays)
     return path

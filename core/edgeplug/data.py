@@ -289,7 +289,7 @@ def concrete_shape(spec: TensorSpec) -> tuple[int, ...]:
         else:
             raise DataError(
                 f"input {spec.name} has dynamic dimension {dim!r} at axis {axis}; pin it with "
-                f"--input-shapes {spec.name}:{'x'.join('1' if not isinstance(d, int) else str(d) for d in spec.shape)}"
+                f"--input-shapes {spec.name}:{'x'.join('1' if i == 0 and not isinstance(d, int) else str(d) if isinstance(d, int) else 'SIZE' for i, d in enumerate(spec.shape))}"
             )
     return tuple(dims)
 

@@ -231,7 +231,8 @@ class Pipeline:
         self.report["original"] = {"metrics": self.measure(original, original_out, orig_path)}
 
         prev_out = original_out
-        for index, name in enumerate(self.chain, 1):
+        transforms = [n for n in self.chain if plugins.has_hook(self.pm, "transform_graph", n)]
+        for index, name in enumerate(transforms, 1):  # a compile-only plugin (neon) has no step row
             step, new_model, new_out = self.step(index, name, model, prev_out, original_out)
             self.report["steps"].append(step)
             if step["status"] == "applied":
