@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -110,7 +111,11 @@ def peers(model_path: Path, kind: str, folder: Path, samples: list[dict[str, np.
 
     out: dict[str, Path] = {}
     pre = folder / "pre.onnx"
-    quant_pre_process(str(model_path), str(pre), skip_symbolic_shape=kind == "cnn")
+    try:
+        quant_pre_process(str(model_path), str(pre), skip_symbolic_shape=kind == "cnn")
+    except Exception:  # on BERT its defaults fail ("Incomplete symbolic shape inference")
+        print("quant_pre_process failed with its defaults; rerun with auto_merge=True", file=sys.stderr)
+        quant_pre_process(str(model_path), str(pre), skip_symbolic_shape=kind == "cnn", auto_merge=True)
     if kind == "cnn":
         out["ort static, defaults"] = folder / "ort_static_default.onnx"
         quantize_static(str(model_path), str(out["ort static, defaults"]), Reader(samples))
@@ -223,7 +228,12 @@ def main() -> None:
                     "edgeplug_run_seconds": also_wall,
                     "fidelity_vs_fp32": _fidelity(also_report),
                 }
-            variants.update(peers(model_path, spec["kind"], folder, samples))
+            cwd = os.getcwd()
+            os.chdir(folder)  # onnxruntime's shape inference may drop temporary files into the cwd
+            try:
+                variants.update(peers(model_path, spec["kind"], folder, samples))
+            finally:
+                os.chdir(cwd)
             rows = []
             feed = samples[0]
             for label, path in progress(list(variants.items()), f"measuring {name}"):

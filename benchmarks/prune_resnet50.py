@@ -156,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
             f" (target >= {target['target']}x: {'met' if target['met'] else 'NOT met'})" if target else ""
         )
         print(f"- {key}: {value:.2f}x{verdict}")
+    print(
+        f"- cosine of the pruned model's outputs vs FP32: {result['prune_step_cosine']:.2f} "
+        f"(verification off, min_cosine={PRUNE['min_cosine']}; random weights, no reconstruction: "
+        "the ratios are size and speed only, the pruned model does not compute what the original does)"
+    )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.output}")

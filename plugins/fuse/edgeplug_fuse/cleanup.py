@@ -46,15 +46,27 @@ def constant_nodes_to_initializers(graph: gs.Graph) -> int:
     return count
 
 
+# Never folded: folding DequantizeLinear(int8 weight) would turn a quantized model back into float weights.
+KEEP_UNFOLDED = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+
+
+def keep_unfolded(node: gs.Node) -> bool:
+    """fold_constants' should_exclude_node: True for the quantization nodes a QDQ model must keep."""
+    return node.op in KEEP_UNFOLDED
+
+
 def fold_constants(graph: gs.Graph) -> int:
-    """graphsurgeon's fold_constants (evaluated with onnxruntime); returns the number of nodes it removed."""
+    """graphsurgeon's fold_constants (evaluated with onnxruntime), Q/DQ nodes excluded; returns the number of
+    nodes it removed."""
     before = len(graph.nodes)
     logger = gs.logger.G_LOGGER
     severity = logger.severity
     logger.severity = logger.ERROR
     try:
         graph.toposort()
-        graph.fold_constants(partitioning="basic", error_ok=True, size_threshold=1 << 24)
+        graph.fold_constants(
+            partitioning="basic", error_ok=True, size_threshold=1 << 24, should_exclude_node=keep_unfolded
+        )
         graph.cleanup()
     finally:
         logger.severity = severity

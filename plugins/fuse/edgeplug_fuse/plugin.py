@@ -11,6 +11,7 @@ from typing import Any
 import onnx
 import onnx_graphsurgeon as gs
 from edgeplug import Model, Option, OptionError, PluginError, RunContext, hookimpl
+from edgeplug.model import restore_model_fields
 
 from . import activation, batchnorm, cleanup, transformer
 from .patterns import graph_of
@@ -85,10 +86,23 @@ def transform_graph(model: Model, ctx: RunContext) -> Model | None:
     if not applied:
         _explain_nothing(counts, ctx)
         return None
-    result = Model.from_graphsurgeon(graph, like=model).infer_shapes()
+    result = model.replace(_export(graph, model.proto))
     ctx.record("nodes_after", len(result.proto.graph.node))
     _log_summary(counts, len(result.proto.graph.node), ctx)
     return result
+
+
+def _export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph as ONNX (what Model.from_graphsurgeon does), keeping only the value_info entries `original`
+    had: graphsurgeon writes every shape it knows, which grows the file (a QDQ model by ~2%); the core runs
+    its own shape inference where it needs shapes."""
+    proto = gs.export_onnx(graph, do_type_check=False)
+    restore_model_fields(proto, original)
+    had = {vi.name for vi in original.graph.value_info}
+    keep = [vi for vi in proto.graph.value_info if vi.name in had]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(keep)
+    return proto
 
 
 def _encoder_step(

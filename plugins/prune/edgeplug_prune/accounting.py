@@ -88,7 +88,9 @@ def compare_layers(before: onnx.ModelProto, after: onnx.ModelProto) -> list[dict
             {
                 "layer": name,
                 "op": a["op"],
-                "sparsity": round(1.0 - b["nonzero_parameters"] / max(a["parameters"], 1), 6),
+                "sparsity": round(1.0 - b["nonzero_parameters"] / a["parameters"], 6)
+                if a["parameters"]
+                else 0.0,
                 "channels_before": a["channels"],
                 "channels_kept": b["channels"],
                 "parameters_before": a["parameters"],
@@ -115,5 +117,6 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     sums = {k: sum(r[k] or 0 for r in rows) for k in keys}
     sums["parameter_ratio"] = round(sums["parameters_before"] / max(sums["parameters_after"], 1), 4)
     sums["flop_ratio"] = round(sums["flops_before"] / max(sums["flops_after"], 1), 4)
-    sums["sparsity"] = round(1 - sums["nonzero_parameters_after"] / max(sums["parameters_before"], 1), 6)
+    before = sums["parameters_before"]
+    sums["sparsity"] = round(1 - sums["nonzero_parameters_after"] / before, 6) if before else 0.0
     return sums

@@ -12,6 +12,9 @@ from onnx import numpy_helper
 
 from .settings import PruneSettings
 
+QUANTIZED_OPS = ("DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger")
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+
 
 @dataclass(frozen=True)
 class WeightSite:
@@ -35,12 +38,7 @@ def weight_sites(proto: onnx.ModelProto) -> list[WeightSite]:
             continue
         name = node.input[1]
         tensor = inits.get(name)
-        if (
-            tensor is None
-            or name in seen
-            or tensor.data_type
-            not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
-        ):
+        if tensor is None or name in seen or tensor.data_type not in FLOAT_TYPES:
             continue
         shape = tuple(tensor.dims)
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -63,6 +61,25 @@ def weight_sites(proto: onnx.ModelProto) -> list[WeightSite]:
             WeightSite(node.name or f"{node.op_type}_{index}", node.op_type, name, in_axis, depthwise, shape)
         )
     return sites
+
+
+def has_float_weights(proto: onnx.ModelProto) -> bool:
+    """True when a Conv, Gemm or MatMul reads a float constant weight (an initializer or a Constant node's
+    value) that pruning can zero; False for quantized models, whose weights sit behind DequantizeLinear."""
+    floats = {t.name for t in proto.graph.initializer if t.data_type in FLOAT_TYPES}
+    for node in proto.graph.node:
+        attr = node.attribute[0] if node.op_type == "Constant" and node.attribute else None
+        if attr is not None and attr.name == "value" and attr.t.data_type in FLOAT_TYPES:
+            floats.update(node.output)
+    return any(
+        n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] in floats
+        for n in proto.graph.node
+    )
+
+
+def is_quantized(proto: onnx.ModelProto) -> bool:
+    """True when the graph holds quantized weights (QDQ or QOperator format)."""
+    return any(n.op_type in QUANTIZED_OPS for n in proto.graph.node)
 
 
 def layer_targets(

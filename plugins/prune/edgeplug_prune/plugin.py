@@ -14,7 +14,7 @@ from edgeplug.verify import check, compare, outputs_of
 from . import settings as config
 from .accounting import compare_layers, totals
 from .keras_training import TRAINED_KEY, TRAINED_STEP, is_keras, prune_keras
-from .magnitude import prune_weights
+from .magnitude import has_float_weights, is_quantized, prune_weights
 from .reconstruct import reconstruct
 from .search import bisect_sparsity
 from .settings import PruneSettings
@@ -49,7 +49,8 @@ def pre_optimize(model: Model, ctx: RunContext) -> None:
 @hookimpl
 def transform_graph(model: Model, ctx: RunContext) -> Model | None:
     cfg = PruneSettings.from_options(ctx.options)
-    if not any(n.op_type in ("Conv", "Gemm", "MatMul") for n in model.proto.graph.node):
+    weighted = any(n.op_type in ("Conv", "Gemm", "MatMul") for n in model.proto.graph.node)
+    if not weighted and not is_quantized(model.proto):
         ctx.log("no Conv, Gemm or MatMul weights to prune")
         return None
     trained = get_metadata(model.proto, TRAINED_KEY)
@@ -58,6 +59,7 @@ def transform_graph(model: Model, ctx: RunContext) -> Model | None:
         return _finish(model, model.proto, ctx, cfg, {"mode": "tfmot", "sparsity": float(trained)})
     if has_sparse_constants(model.proto):  # e.g. a model this plugin stored sparse earlier: prune it again
         model = model.replace(densify(model.proto))
+    _require_float_weights(model.proto)
     use_lsq = _wants_reconstruction(cfg, ctx)
     calibration = ctx.data.calibration[:MAX_CALIBRATION] if use_lsq else []
     budget = [k for k in BUDGET_KEYS if k in ctx.tolerance.user_set]
@@ -103,9 +105,40 @@ def transform_graph(model: Model, ctx: RunContext) -> Model | None:
             f"no channel group can be pruned ({'; '.join(reasons[:3])}); structured pruning does not apply"
         )
         return None
+    if cfg.mode != "structured" and not any(
+        r["nonzero_after"] < r["nonzero_before"] for r in details["weights"]
+    ):
+        ctx.log(_nothing_pruned(cfg, sparsity))
+        return None
     info.update(details)
     info["sparsity_target"] = sparsity if cfg.mode != "nm" else cfg.nm[0] / cfg.nm[1]
     return _finish(model, proto, ctx, cfg, info)
+
+
+def _require_float_weights(proto: onnx.ModelProto) -> None:
+    """Refuse a model whose Conv/Gemm/MatMul weights are not float constants: pruning would change nothing."""
+    if has_float_weights(proto):
+        return
+    if is_quantized(proto):
+        raise PluginError(
+            "prune: no float Conv/Gemm/MatMul weights to prune (the model is quantized: its weights sit "
+            "behind DequantizeLinear or in integer ops); put prune before quant, e.g. --plugins prune,quant"
+        )
+    raise PluginError(
+        "prune: no float Conv/Gemm/MatMul weights to prune (the weights are computed or graph inputs, "
+        "not constants); export the model with its weights as initializers"
+    )
+
+
+def _nothing_pruned(cfg: PruneSettings, sparsity: float) -> str:
+    if cfg.mode == "nm":
+        return f"no layer takes the {cfg.nm[0]}:{cfg.nm[1]} pattern; nothing pruned, the step does not apply"
+    if sparsity == 0:
+        return "sparsity 0 removes no weight; nothing pruned, the step does not apply"
+    return (
+        f"sparsity {sparsity:g} removes no further weight (layers spared by policy, too small, or already "
+        "that sparse); nothing pruned, the step does not apply"
+    )
 
 
 def _wants_reconstruction(cfg: PruneSettings, ctx: RunContext) -> bool:

@@ -1,0 +1,142 @@
+"""When prune must refuse or not apply: quantized weights, sparsity 0, and the totals of an empty model."""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import edgeplug
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from edgeplug.cli import main
+from edgeplug_prune.accounting import compare_layers, totals
+from edgeplug_prune.magnitude import has_float_weights
+
+from tests.prune.conftest import DIGITS, TEST_DATA
+
+
+def _qdq_digits(path: Path) -> Path:
+    """The example CNN quantized to QDQ by onnxruntime.quantization (weights behind DequantizeLinear)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    with np.load(TEST_DATA) as npz:
+        x = npz["input"][:32]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter([{"input": x[i : i + 1]} for i in range(len(x))])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.feeds, None)
+
+    quantize_static(
+        str(DIGITS),
+        str(path),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    return path
+
+
+def test_quantized_model_is_refused_with_one_sentence(tmp_path: Path) -> None:
+    qdq = _qdq_digits(tmp_path / "qdq.onnx")
+    proto = onnx.load(qdq)
+    assert sum(n.op_type == "DequantizeLinear" for n in proto.graph.node) >= 4
+    assert not has_float_weights(proto)
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            str(qdq),
+            "--plugins",
+            "prune",
+            "--data",
+            str(TEST_DATA),
+            "--output-dir",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "no float Conv/Gemm/MatMul weights to prune" in result.output
+    assert "put prune before quant" in result.output
+    assert "100.0% removed" not in result.output
+    with pytest.raises(edgeplug.PluginError, match="put prune before quant"):
+        edgeplug.optimize(qdq, ["prune"], data=TEST_DATA, output_dir=tmp_path / "api")
+
+
+def test_prune_after_the_quant_plugin_is_refused(tmp_path: Path) -> None:
+    if "quant" not in {e.name for e in entry_points(group="edgeplug")}:
+        pytest.skip("the quant plugin is not installed")
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            str(DIGITS),
+            "--plugins",
+            "quant,prune",
+            "--data",
+            str(TEST_DATA),
+            "--output-dir",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "put prune before quant" in result.output
+
+
+def test_totals_of_no_parameters_report_no_sparsity() -> None:
+    assert totals([])["sparsity"] == 0.0
+    empty = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Relu", ["x"], ["y"])],
+            "g",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])],
+        )
+    )
+    assert totals(compare_layers(empty, empty))["sparsity"] == 0.0
+    digits = onnx.load(DIGITS)
+    assert totals(compare_layers(digits, digits))["sparsity"] == 0.0
+
+
+def test_sparsity_zero_is_not_applicable(tmp_path: Path) -> None:
+    args = ["run", str(DIGITS), "--plugins", "prune", "-o", "prune.sparsity=0"]
+    result = CliRunner().invoke(
+        main, [*args, "--data", str(TEST_DATA), "--output-dir", str(tmp_path), "--quiet"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["steps"][0]["status"] == "not_applicable"
+    run = edgeplug.optimize(
+        DIGITS,
+        ["prune"],
+        data=TEST_DATA,
+        output_dir=tmp_path / "api",
+        options={"prune": {"sparsity": 0.0}},
+    )
+    assert run.report["steps"][0]["status"] == "not_applicable"
+    before, after = dict(edgeplug.Model.load(DIGITS).weights()), dict(run.model.weights())
+    for name, value in before.items():
+        np.testing.assert_array_equal(after[name], value)
+
+
+def test_every_layer_spared_is_not_applicable(tmp_path: Path) -> None:
+    run = edgeplug.optimize(
+        DIGITS,
+        ["prune"],
+        data=TEST_DATA,
+        output_dir=tmp_path,
+        options={"prune": {"sparsity": 0.5, "overrides": ["*:0"]}},
+    )
+    assert run.report["steps"][0]["status"] == "not_applicable"
