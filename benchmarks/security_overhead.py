@@ -94,8 +94,9 @@ def main() -> None:
                 path,
                 feed,
                 lambda f: run_all(sess, [f]),
-                {"security": {**COMMON, "threads": args.threads, **(opts or {})}},
+                {"security": {**COMMON, **(opts or {})}},
                 model,
+                threads=args.threads,
             )
             (plain if opts is None else guarded)(request=req)
 

@@ -13,7 +13,7 @@ import onnx
 import pytest
 from edgeplug import GuardRefusal
 from edgeplug.context import sha256_file
-from edgeplug_security.integrity import verify_model
+from edgeplug_security.integrity import all_tensors, verify_model
 from onnx import numpy_helper
 
 from .conftest import error_line, infer_cli
@@ -101,7 +101,7 @@ def external_model(folder: Path, location: str) -> Path:
         size_threshold=0,
     )
     saved = onnx.load(str(folder / "ext.onnx"), load_external_data=False)
-    for tensor in onnx.external_data_helper._get_all_tensors(saved):
+    for tensor in all_tensors(saved):
         for entry in tensor.external_data:
             if entry.key == "location":
                 entry.value = location

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
-from edgeplug import Dataset, RunContext
+from edgeplug import DataError, Dataset, PluginError, RunContext
 from edgeplug.model import Model
 from edgeplug.runtime import run_all, session
 
@@ -23,6 +23,8 @@ def build_record(model: Model, ctx: RunContext) -> SecurityRecord:
     names = [s.name for s in model.inputs]
     user = parse_ranges(opts.get("input_range") or [], names)
     real = ctx.data.source == "file"
+    if real:
+        require_finite(ctx.data.calibration)
     margin = float(opts["range_margin"])
     specs: dict[str, InputSpec] = {}
     for tensor in model.inputs:
@@ -40,6 +42,20 @@ def build_record(model: Model, ctx: RunContext) -> SecurityRecord:
             f"warning: {ctx.data.source} data: no value range recorded (pass --data or -o security.input_range)"
         )
     return SecurityRecord(specs, calibrate_squeezer(model, ctx, specs, user), True)
+
+
+def require_finite(samples: Sequence[dict[str, np.ndarray]]) -> None:
+    """DataError on the first calibration sample holding NaN or Inf: its range would be [NaN, NaN], and a
+    NaN bound compares false with every value, which would switch the range check off."""
+    for index, sample in enumerate(samples):
+        for name, array in sample.items():
+            array = np.asarray(array)
+            if array.dtype.kind in "fc" and not np.isfinite(array).all():
+                bad = int(np.count_nonzero(~np.isfinite(array)))
+                raise DataError(
+                    f"security: calibration sample {index} holds {bad} NaN or Inf value(s) in input "
+                    f"{name!r}; the input range and squeezing threshold need finite calibration data"
+                )
 
 
 def calibrate_squeezer(
@@ -73,6 +89,12 @@ def calibrate_squeezer(
     ]
     all_scores = np.concatenate(scores)
     threshold = threshold_for(all_scores, fpr)
+    if not np.isfinite(threshold):
+        raise PluginError(
+            "security: the model's outputs on the calibration data give a non-finite feature-squeezing "
+            "threshold; check the model's outputs on that data or pass -o security.squeeze_bits=0 "
+            "-o security.squeeze_median=0 to record no squeezer"
+        )
     ctx.log(
         f"feature squeezing: threshold {threshold:.4f} flags {np.mean(all_scores > threshold):.1%} "
         f"of {len(all_scores)} clean calibration images (target {fpr:.1%})"

@@ -13,19 +13,25 @@ from typing import Any
 import numpy as np
 from edgeplug import GuardRefusal
 
-from .worker_process import run_session
+from .worker_process import changed_external_data, run_session
 
-_sessions: dict[tuple[str, str, int], tuple[Any, list[str], bool]] = {}
+_sessions: dict[tuple[str, str, int, tuple[tuple[str, str], ...]], tuple[Any, list[str], bool]] = {}
 _lock = threading.Lock()
 
 
-def runner(path: Path, sha256: str, threads: int, external: bool) -> Callable[[dict[str, np.ndarray]], Any]:
+def runner(
+    path: Path,
+    sha256: str,
+    threads: int,
+    external: bool,
+    external_sha256: tuple[tuple[str, str], ...] = (),
+) -> Callable[[dict[str, np.ndarray]], Any]:
     """A replacement for `request.run` executing in this process on a session of the verified model."""
-    key = (str(Path(path).resolve()), sha256, int(threads))
+    key = (str(Path(path).resolve()), sha256, int(threads), tuple(external_sha256))
     with _lock:
         entry = _sessions.get(key)
         if entry is None:
-            entry = _sessions[key] = _load(Path(path), sha256, int(threads), external)
+            entry = _sessions[key] = _load(Path(path), sha256, int(threads), external, dict(external_sha256))
     sess, names, batch_one = entry
 
     def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -38,12 +44,17 @@ def runner(path: Path, sha256: str, threads: int, external: bool) -> Callable[[d
     return run
 
 
-def _load(path: Path, sha256: str, threads: int, external: bool) -> tuple[Any, list[str], bool]:
+def _load(
+    path: Path, sha256: str, threads: int, external: bool, external_sha256: dict[str, str]
+) -> tuple[Any, list[str], bool]:
     import onnxruntime as ort
 
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != sha256:
         raise GuardRefusal(f"model {path} changed on disk after it was checked: tampered or replaced")
+    changed = changed_external_data(path, external_sha256)
+    if changed:
+        raise GuardRefusal(f"external data file {changed} of model {path} changed on disk after it was checked")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +80,8 @@ def parse_ranges(items: Sequence[str], names: Sequence[str]) -> dict[str, tuple[
             f"bad security.input_range {','.join(items)!r}: write LOW,HIGH (every input) or NAME:LOW:HIGH,..."
         ) from None
     for name, (low, high) in ranges.items():
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise OptionError(f"security.input_range for {name}: LOW and HIGH must be finite numbers")
         if not low <= high:
             raise OptionError(f"security.input_range for {name}: LOW {low} is above HIGH {high}")
     return ranges

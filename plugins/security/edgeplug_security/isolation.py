@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import multiprocessing
 import os
 import signal
@@ -33,6 +34,7 @@ class WorkerKey:
     memory_mb: int
     threads: int
     external: bool
+    external_sha256: tuple[tuple[str, str], ...] = ()  # external data files and their verified sha256
 
 
 class Worker:
@@ -59,6 +61,7 @@ class Worker:
             str(key.memory_mb),
             str(key.threads),
             "1" if key.external else "0",
+            json.dumps(dict(key.external_sha256)),
         ]
         self.process = subprocess.Popen(
             args,
@@ -214,5 +217,14 @@ def runner(key: WorkerKey, timeout_s: float, pool: WorkerPool = POOL) -> Any:
     return run
 
 
-def model_key(path: Path, sha256: str, memory_mb: int, threads: int, external: bool) -> WorkerKey:
-    return WorkerKey(str(Path(path).resolve()), sha256, int(memory_mb), int(threads), external)
+def model_key(
+    path: Path,
+    sha256: str,
+    memory_mb: int,
+    threads: int,
+    external: bool,
+    external_sha256: tuple[tuple[str, str], ...] = (),
+) -> WorkerKey:
+    return WorkerKey(
+        str(Path(path).resolve()), sha256, int(memory_mb), int(threads), external, tuple(external_sha256)
+    )

@@ -4,6 +4,7 @@ and a memory limit, adversarial-input detection, and output filtering (abstentio
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator
 from dataclasses import replace
 from typing import Any
@@ -95,7 +96,6 @@ OPTIONS = [
         4096,
         "address-space limit (RLIMIT_AS) of the worker in MiB, runtime included (0: no limit)",
     ),
-    Option("threads", "int", 1, "onnxruntime intra-op threads of the guarded session (worker or in-process)"),
     Option(
         "squeeze",
         "bool",
@@ -118,6 +118,13 @@ OPTIONS = [
 @hookimpl
 def plugin_options() -> list[Option]:
     return OPTIONS
+
+
+@hookimpl
+def pre_optimize(model: Model, ctx: RunContext) -> None:
+    """Check the option values before the core's reference pass and any earlier step do any work."""
+    check_options(ctx.options)
+    parse_ranges(ctx.options.get("input_range") or [], [s.name for s in model.inputs])
 
 
 @hookimpl
@@ -183,13 +190,22 @@ def _specs(record: SecurityRecord, opts: dict[str, Any]) -> dict[str, InputSpec]
 
 
 def _runner(request: InferenceRequest, verified: integrity.Verified, opts: dict[str, Any]) -> Runner:
-    """The model runs from the verified bytes: in the isolated worker, or in a session of this process."""
+    """The model runs from the verified bytes: in the isolated worker, or in a session of this process, with
+    the caller's thread count (`edgeplug infer --threads`, `edgeplug.infer(threads=...)`)."""
+    threads = max(int(request.threads), 1)
     if opts["isolate"]:
         key = isolation.model_key(
-            request.model_path, verified.sha256, opts["memory_mb"], opts["threads"], verified.external
+            request.model_path,
+            verified.sha256,
+            opts["memory_mb"],
+            threads,
+            verified.external,
+            verified.external_sha256,
         )
         return isolation.runner(key, float(opts["timeout_s"]))
-    return inprocess.runner(request.model_path, verified.sha256, opts["threads"], verified.external)
+    return inprocess.runner(
+        request.model_path, verified.sha256, threads, verified.external, verified.external_sha256
+    )
 
 
 def _squeeze(
@@ -244,7 +260,7 @@ BOUNDS = {  # option: (lowest, highest, inclusive lowest)
     "squeeze_min_agreement": (0.0, 1.0, True),
     "timeout_s": (0.0, None, False),
     "memory_mb": (0, None, True),
-    "threads": (1, None, True),
+    "squeeze_threshold": (0.0, None, True),
     "min_confidence": (0.0, 1.0, True),
 }
 
@@ -255,6 +271,8 @@ def check_options(opts: dict[str, Any]) -> dict[str, Any]:
         value = opts.get(name)
         if value is None:
             continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise OptionError(f"bad value {value!r} for {NAME}.{name}: expected a finite number")
         too_low = value < low if inclusive else value <= low
         if too_low or (high is not None and value > high):
             above = f"{'at least' if inclusive else 'above'} {low}"

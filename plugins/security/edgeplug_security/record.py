@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import onnx
-from edgeplug import GuardRefusal
+from edgeplug import GuardRefusal, PluginError
 from edgeplug.model import Model, get_metadata, set_metadata
 
 from .input_spec import InputSpec
@@ -32,10 +33,17 @@ class SecurityRecord:
                 "squeeze": self.squeezer.as_dict() if self.squeezer else None,
             },
             sort_keys=True,
+            allow_nan=False,  # a NaN range or threshold would disable the guard: never write one
         )
 
     def write(self, proto: onnx.ModelProto) -> None:
-        set_metadata(proto, KEY, self.to_json())
+        try:
+            text = self.to_json()
+        except ValueError:
+            raise PluginError(
+                "security: the record holds a NaN or infinite range or threshold and was not written"
+            ) from None
+        set_metadata(proto, KEY, text)
 
 
 def read_record(model: Model) -> SecurityRecord:
@@ -55,4 +63,34 @@ def read_record(model: Model) -> SecurityRecord:
             f"the model's {KEY} metadata describes inputs {sorted(inputs)}, "
             f"but the model has {sorted(declared)}"
         )
+    check_finite(inputs, squeezer)
     return SecurityRecord(inputs, squeezer, True)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_finite(inputs: Mapping[str, InputSpec], squeezer: Squeezer | None) -> None:
+    """Fail closed on a record whose range or threshold is not a finite number (NaN compares false with
+    everything, so a NaN bound or threshold would let every input through)."""
+    for name, spec in inputs.items():
+        bounds = (spec.low, spec.high)
+        if bounds == (None, None):
+            continue  # no range recorded
+        if not (all(_finite(v) for v in bounds) and bounds[0] <= bounds[1]):  # type: ignore[operator]
+            raise GuardRefusal(
+                f"the model's {KEY} metadata records an invalid range {list(bounds)} for input {name!r} "
+                "(not finite, or low above high); re-record it with `edgeplug run --plugins security`"
+            )
+    if squeezer is None:
+        return
+    bad = [k for k in ("low", "high") if not _finite(getattr(squeezer, k))]
+    if squeezer.threshold is not None and not _finite(squeezer.threshold):
+        bad.append("threshold")
+    if bad:
+        values = ", ".join(f"{k} {getattr(squeezer, k)!r}" for k in bad)
+        raise GuardRefusal(
+            f"the model's {KEY} metadata records a non-finite feature-squeezing {values}; "
+            "re-record it with `edgeplug run --plugins security`"
+        )

@@ -1,5 +1,6 @@
 """The code that runs inside the isolated inference worker: `python -m edgeplug_security.worker_process FD
-MODEL SHA256 MEMORY_MB THREADS EXTERNAL`, FD being its end of a multiprocessing Pipe.
+MODEL SHA256 MEMORY_MB THREADS EXTERNAL EXTERNAL_SHA256`, FD being its end of a multiprocessing Pipe and
+EXTERNAL_SHA256 a JSON object {external data file name: sha256} of the files checked by the guard.
 
 Only numpy and onnxruntime are imported here, so the worker starts fast. Protocol over a Pipe:
 parent -> ("run", inputs) | None (exit); worker -> ("ready", info) | ("ok", outputs) | ("error", kind, text)
@@ -11,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import json
+import os
 import re
 import resource
 import signal
@@ -22,12 +25,19 @@ OOM_MARKERS = ("bad_alloc", "failed to allocate", "out of memory", "cannot alloc
 
 
 def serve(
-    conn: Connection, model_path: str, sha256: str | None, memory_mb: int, threads: int, external: bool
+    conn: Connection,
+    model_path: str,
+    sha256: str | None,
+    memory_mb: int,
+    threads: int,
+    external: bool,
+    external_sha256: dict[str, str] | None = None,
 ) -> None:
     """Load the model under an address-space limit, then answer run requests until told to stop.
 
     The model is read once, checked against `sha256`, and the session is built from those very bytes (no
-    window to swap the file); a model with external data is loaded from its path instead."""
+    window to swap the file); a model with external data is loaded from its path instead, after its
+    external data files are hashed again against `external_sha256`."""
     import onnxruntime as ort
 
     if memory_mb > 0:
@@ -49,6 +59,12 @@ def serve(
             data = fh.read()
         if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
             conn.send(("error", "model", f"{model_path} changed on disk after it was checked"))
+            return
+        changed = changed_external_data(model_path, external_sha256 or {})
+        if changed:
+            conn.send(
+                ("error", "model", f"external data file {changed} of {model_path} changed on disk after it was checked")
+            )
             return
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
@@ -77,6 +93,22 @@ def serve(
             conn.send(("ok", run_session(sess, names, feed, batch_one)))
         except BaseException as exc:
             conn.send(("error", _kind(exc, "run"), _first_line(exc)))
+
+
+def changed_external_data(model_path: str | os.PathLike[str], expected: dict[str, str]) -> str | None:
+    """The first external data file beside the model whose sha256 is no longer `expected[name]`, or None."""
+    folder = os.path.dirname(os.fspath(model_path))
+    for name, digest in sorted(expected.items()):
+        sha = hashlib.sha256()
+        try:
+            with open(os.path.join(folder, name), "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    sha.update(block)
+        except OSError:
+            return name
+        if sha.hexdigest() != digest:
+            return name
+    return None
 
 
 def run_session(sess: Any, names: list[str], feed: dict[str, Any], batch_one: bool) -> dict[str, Any]:
@@ -124,9 +156,17 @@ def _die_with_parent() -> None:
 
 
 def main(argv: list[str]) -> None:
-    fd, model_path, sha256, memory_mb, threads, external = argv
+    fd, model_path, sha256, memory_mb, threads, external, external_sha256 = argv
     _die_with_parent()
-    serve(Connection(int(fd)), model_path, sha256 or None, int(memory_mb), int(threads), external == "1")
+    serve(
+        Connection(int(fd)),
+        model_path,
+        sha256 or None,
+        int(memory_mb),
+        int(threads),
+        external == "1",
+        json.loads(external_sha256),
+    )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +12,19 @@ from edgeplug import (
     MissingDependencyError,
     Model,
     Option,
+    OptionError,
     PluginError,
     RunContext,
     Tolerance,
     hookimpl,
 )
+from edgeplug.report import write_json
 
 from . import availability
 from .engine_build import BuildFailure, BuildSettings, build_engine
 from .operators import TABLE_TENSORRT_VERSION
 from .preparation import prepare
-from .profiles import Profile, build_profile
+from .profiles import Profile, build_profile, check_shape_options
 from .qdq import qdq_summary, require_int8_qdq
 
 ENGINE_KIND = "tensorrt-engine"
@@ -75,14 +76,17 @@ def plugin_options() -> list[Option]:
 
 def _check_options(options: dict[str, Any]) -> None:
     if options["workspace_mb"] < 1:
-        raise PluginError(f"trt: workspace_mb must be at least 1, got {options['workspace_mb']}")
+        raise OptionError(f"trt: workspace_mb must be at least 1, got {options['workspace_mb']}")
     if not 0 <= options["optimization_level"] <= 5:
-        raise PluginError(f"trt: optimization_level must be within 0..5, got {options['optimization_level']}")
+        raise OptionError(f"trt: optimization_level must be within 0..5, got {options['optimization_level']}")
 
 
 @hookimpl
 def pre_optimize(model: Model, ctx: RunContext) -> None:
+    """Check every option value (and the min/opt/max shapes against the model's inputs) before the core's
+    reference pass and any earlier step run; refuse a float model asked for int8 unless quant precedes."""
     _check_options(ctx.options)
+    check_shape_options(model.inputs, ctx.options)
     if ctx.options["precision"] != "int8":
         return
     earlier = ctx.chain[: ctx.chain.index(ctx.plugin)] if ctx.plugin in ctx.chain else ()
@@ -155,12 +159,6 @@ def _engine_tolerance(ctx: RunContext, precision: str) -> Tolerance:
     return ENGINE_TOLERANCE[precision]
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 @hookimpl
 def compile(model: Model, ctx: RunContext) -> Artifact | None:
     """Build the engine. Checks run first (operators, Q/DQ, profile), then the TensorRT/GPU requirement."""
@@ -213,7 +211,7 @@ def compile(model: Model, ctx: RunContext) -> Artifact | None:
         "verification_tolerance": tolerance.as_dict(),
     }
     settings_path = ctx.workdir / "trt-settings.json"
-    _write_json(settings_path, used)
+    write_json(settings_path, used)
     ctx.record("engine", {"built": True, **used})
     ctx.log(
         f"built {engine_path.name} ({precision}) in {result.seconds:.1f} s with TensorRT {result.tensorrt_version}"

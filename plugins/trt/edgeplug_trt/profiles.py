@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from edgeplug import OptionError, PluginError
 from edgeplug.model import TensorSpec
+from edgeplug.pipeline import parse_input_shapes
 
 Shape = tuple[int, ...]
 
@@ -38,24 +39,52 @@ class Profile:
 
 
 def parse_shapes(items: Sequence[str] | None, option: str) -> dict[str, Shape]:
-    """`["input:1x3x224x224", "mask:1x128"]` into {name: dims}; OptionError naming trt.<option> otherwise."""
+    """`["input:1x3x224x224", "mask:1x128"]` into {name: dims}; OptionError naming trt.<option> otherwise.
+
+    Each item is parsed by the core's `--input-shapes` parser; the messages name the trt option."""
     shapes: dict[str, Shape] = {}
     for item in items or []:
-        name, sep, dims = str(item).rpartition(":")
         try:
-            if not sep or not name.strip():
-                raise ValueError
-            shape = tuple(int(d) for d in dims.lower().split("x"))
-        except ValueError:
-            raise OptionError(
-                f"bad trt.{option} item {item!r}: write NAME:1x3x224x224 (comma-separated)"
-            ) from None
+            ((name, dims),) = parse_input_shapes(str(item)).items()
+        except (OptionError, ValueError):  # ValueError: an empty item gives no entry
+            name, dims = "", []
+        if not name:
+            raise OptionError(f"bad trt.{option} item {item!r}: write NAME:1x3x224x224 (comma-separated)")
+        shape = tuple(dims)
         if any(d < 1 for d in shape):
             raise OptionError(f"bad trt.{option} item {item!r}: every dimension must be at least 1")
-        if name.strip() in shapes:
-            raise OptionError(f"trt.{option} gives input {name.strip()!r} twice")
-        shapes[name.strip()] = shape
+        if name in shapes:
+            raise OptionError(f"trt.{option} gives input {name!r} twice")
+        shapes[name] = shape
     return shapes
+
+
+def check_shape_options(inputs: Sequence[TensorSpec], options: Mapping[str, Any]) -> None:
+    """The option half of `build_profile`, for pre_optimize: parse min/opt/max shapes and check them
+    against the model's inputs (names, rank, fixed dimensions, min <= opt <= max) and max_batch."""
+    given = _given(inputs, options)
+    named = set().union(*given.values())
+    for spec in inputs:
+        if spec.name in named:
+            _user_triplet(spec.name, spec, given)
+    _max_batch(options)
+
+
+def _given(inputs: Sequence[TensorSpec], options: Mapping[str, Any]) -> dict[str, dict[str, Shape]]:
+    given = {k: parse_shapes(options.get(k), k) for k in ("min_shapes", "opt_shapes", "max_shapes")}
+    names = [s.name for s in inputs]
+    for option, shapes in given.items():
+        for name in shapes:
+            if name not in names:
+                raise OptionError(f"trt.{option} names {name!r}, but the model's inputs are {', '.join(names)}")
+    return given
+
+
+def _max_batch(options: Mapping[str, Any]) -> int:
+    max_batch = int(options.get("max_batch", 8))
+    if max_batch < 1:
+        raise OptionError(f"bad value {max_batch} for trt.max_batch: expected an integer of at least 1")
+    return max_batch
 
 
 def _user_triplet(
@@ -72,7 +101,7 @@ def _user_triplet(
     if mn is None or mx is None:
         missing = "min_shapes" if mn is None else "max_shapes"
         raise OptionError(f"trt: input {name!r} has no trt.{missing}; give min, opt and max shapes together")
-    for label, shape in (("min", mn), ("opt", op), ("max", mx)):
+    for label, shape in (("opt", op), ("min", mn), ("max", mx)):  # opt first: it may be alone
         if len(shape) != len(spec.shape):
             raise OptionError(
                 f"trt.{label}_shapes gives {name!r} rank {len(shape)}, but the model's input has rank {len(spec.shape)}"
@@ -125,17 +154,8 @@ def build_profile(
 ) -> Profile:
     """The profile from the user's min/opt/max options, else derived from the dynamic dimensions:
     dynamic batch (axis 0) -> min 1, opt 1, max `max_batch`; other dynamic axes -> the sample's size."""
-    given = {k: parse_shapes(options.get(k), k) for k in ("min_shapes", "opt_shapes", "max_shapes")}
-    specs = {s.name: s for s in inputs}
-    for option, shapes in given.items():
-        for name in shapes:
-            if name not in specs:
-                raise OptionError(
-                    f"trt.{option} names {name!r}, but the model's inputs are {', '.join(specs)}"
-                )
-    max_batch = int(options.get("max_batch", 8))
-    if max_batch < 1:
-        raise OptionError(f"bad value {max_batch} for trt.max_batch: expected an integer of at least 1")
+    given = _given(inputs, options)
+    max_batch = _max_batch(options)
     named = set().union(*given.values())
     shapes: dict[str, tuple[Shape, Shape, Shape]] = {}
     sources: dict[str, str] = {}
