@@ -335,7 +335,7 @@ def get_metadata(proto: onnx.ModelProto, key: str) -> str | None:
 def check_external_data(proto: onnx.ModelProto, base: Path) -> None:
     """Refuse external-data locations that are absolute or escape the model's folder."""
     root = base.resolve()
-    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+    for tensor in all_tensors(proto):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
@@ -349,10 +349,37 @@ def check_external_data(proto: onnx.ModelProto, base: Path) -> None:
 
 
 def _has_external(proto: onnx.ModelProto) -> bool:
-    return any(
-        t.data_location == onnx.TensorProto.EXTERNAL
-        for t in onnx.external_data_helper._get_all_tensors(proto)
-    )
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in all_tensors(proto))
+
+
+def all_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto of a model: initializers, sparse tensors' parts, tensor attributes, in the main
+    graph, its subgraphs and function bodies."""
+
+    def graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield sparse.values
+            yield sparse.indices
+        yield from node_tensors(graph.node)
+
+    def node_tensors(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.TensorProto]:
+        for node in nodes:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                if attr.HasField("sparse_tensor"):
+                    yield attr.sparse_tensor.values
+                    yield attr.sparse_tensor.indices
+                if attr.HasField("g"):
+                    yield from graph_tensors(attr.g)
+                for sub in attr.graphs:
+                    yield from graph_tensors(sub)
+
+    yield from graph_tensors(proto.graph)
+    for function in proto.functions:
+        yield from node_tensors(function.node)
 
 
 def _all_nodes(graph: onnx.GraphProto) -> Iterable[onnx.NodeProto]:

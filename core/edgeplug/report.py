@@ -121,8 +121,18 @@ def summary_table(report: dict[str, Any]) -> str:
         ver = comp.get("verification")
         passed = "" if not ver else (" verified" if ver.get("passed") else " FAILED verification")
         files = ", ".join(Path(f).name for f in comp.get("files", [])[:3])
-        rows.append((f"compile: {comp['plugin']}", f"{comp.get('status', '-')}{passed}", "-", "-", "-", "-", "-",
-                     files or "-"))
+        rows.append(
+            (
+                f"compile: {comp['plugin']}",
+                f"{comp.get('status', '-')}{passed}",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                files or "-",
+            )
+        )
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -37,8 +37,13 @@ def accuracy(model_path: Path, data: Path = DIGITS_TEST) -> float:
     return float(np.mean(logits.argmax(1) == labels))
 
 
-def make_ctx(model: edgeplug.Model, data: Path | None, chain: tuple[str, ...] = ("quant",),
-             workdir: Path | None = None, **options: object) -> edgeplug.RunContext:
+def make_ctx(
+    model: edgeplug.Model,
+    data: Path | None,
+    chain: tuple[str, ...] = ("quant",),
+    workdir: Path | None = None,
+    **options: object,
+) -> edgeplug.RunContext:
     """A RunContext as the pipeline builds it, for calling the plugin's hooks directly."""
     values = {o.name: o.default for o in quant_plugin.plugin_options()}
     values.update(options)
@@ -47,8 +52,9 @@ def make_ctx(model: edgeplug.Model, data: Path | None, chain: tuple[str, ...] = 
     return edgeplug.RunContext("quant", opts, tol, dataset, chain, workdir or Path("."), quiet=True)
 
 
-def gemm_chain(widths: list[int], seed: int = 0, outlier_layer: int | None = None,
-               opset: int = 17) -> onnx.ModelProto:
+def gemm_chain(
+    widths: list[int], seed: int = 0, outlier_layer: int | None = None, opset: int = 17
+) -> onnx.ModelProto:
     """An MLP of Gemm+Relu layers. With `outlier_layer`, one hidden unit feeding that layer is dead (always 0)
     and the layer's weights from it are huge: the float model is unchanged, but per-channel INT8 weight scales of
     that layer are dominated by the outliers, so every other weight of the layer rounds to zero."""
@@ -62,16 +68,26 @@ def gemm_chain(widths: list[int], seed: int = 0, outlier_layer: int | None = Non
             w[0, :] = 0.0  # unit 0 of this layer's output is dead after Relu ...
             b[0] = -1.0
         if outlier_layer is not None and i == outlier_layer:
-            w[:, 0] = 400.0 * (1 + rng.random(fan_out)).astype(np.float32)  # ... and the next layer's weights from it are huge
+            w[:, 0] = 400.0 * (1 + rng.random(fan_out)).astype(
+                np.float32
+            )  # ... and the next layer's weights from it are huge
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
         out = "logits" if i == len(widths) - 2 else f"h{i}"
-        nodes.append(helper.make_node("Gemm", [current, f"w{i}", f"b{i}"], [out if out == "logits" else f"g{i}"],
-                                      transB=1, name=f"fc{i}" if i != outlier_layer else "outlier_fc"))
+        nodes.append(
+            helper.make_node(
+                "Gemm",
+                [current, f"w{i}", f"b{i}"],
+                [out if out == "logits" else f"g{i}"],
+                transB=1,
+                name=f"fc{i}" if i != outlier_layer else "outlier_fc",
+            )
+        )
         if out != "logits":
             nodes.append(helper.make_node("Relu", [f"g{i}"], [out], name=f"relu{i}"))
         current = out
     graph = helper.make_graph(
-        nodes, "gemm_chain",
+        nodes,
+        "gemm_chain",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", widths[0]])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", widths[-1]])],
         inits,
@@ -88,7 +104,13 @@ def opset11_with_constants() -> onnx.ModelProto:
     nodes = [
         helper.make_node("Constant", [], ["W"], value=numpy_helper.from_array(w), name="const_w"),
         helper.make_node("Constant", [], ["FC"], value=numpy_helper.from_array(fc), name="const_fc"),
-        helper.make_node("Constant", [], ["FCB"], value=numpy_helper.from_array(np.array([0.1, -0.1, 0.2, 0.0, 0.05], np.float32)), name="const_fcb"),
+        helper.make_node(
+            "Constant",
+            [],
+            ["FCB"],
+            value=numpy_helper.from_array(np.array([0.1, -0.1, 0.2, 0.0, 0.05], np.float32)),
+            name="const_fcb",
+        ),
         helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1], name="conv"),
         helper.make_node("Relu", ["c"], ["r"], name="relu"),
         helper.make_node("ReduceMean", ["r"], ["m"], axes=[2, 3], keepdims=1, name="mean"),
@@ -96,7 +118,8 @@ def opset11_with_constants() -> onnx.ModelProto:
         helper.make_node("Gemm", ["s", "FC", "FCB"], ["logits"], transB=1, name="fc"),
     ]
     graph = helper.make_graph(
-        nodes, "old_export",
+        nodes,
+        "old_export",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
     )

@@ -14,13 +14,23 @@ from .conftest import DIGITS, DIGITS_TEST, make_ctx
 VNNI = {"machine": "x86_64", "vnni": True, "dotprod": False, "flags": ["avx512_vnni", "avx2"]}
 AVX2 = {"machine": "x86_64", "vnni": False, "dotprod": False, "flags": ["avx2"]}
 ARM = {"machine": "aarch64", "vnni": False, "dotprod": True, "flags": ["asimd", "asimddp"]}
-NONE = {"activation_type": None, "weight_type": None, "reduce_range": None, "symmetric": None, "per_channel": True}
+NONE = {
+    "activation_type": None,
+    "weight_type": None,
+    "reduce_range": None,
+    "symmetric": None,
+    "per_channel": True,
+}
 
 
 def test_vnni_gets_u8_activations_s8_weights_without_range_reduction():
     choice = choose_types(NONE, VNNI, ())
-    assert (choice.activation_type, choice.weight_type, choice.reduce_range, choice.symmetric) == ("u8", "s8", False,
-                                                                                                    False)
+    assert (choice.activation_type, choice.weight_type, choice.reduce_range, choice.symmetric) == (
+        "u8",
+        "s8",
+        False,
+        False,
+    )
     assert "VNNI" in choice.reasons[0]
 
 
@@ -39,7 +49,11 @@ def test_trt_or_neon_later_in_the_chain_wins_over_the_cpu():
     for following in (("trt",), ("security", "neon")):
         choice = choose_types(NONE, AVX2, following)
         assert (choice.activation_type, choice.weight_type, choice.symmetric, choice.reduce_range) == (
-            "s8", "s8", True, False)
+            "s8",
+            "s8",
+            True,
+            False,
+        )
 
 
 def test_user_settings_win_and_the_difference_is_recorded():

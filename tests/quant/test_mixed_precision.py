@@ -32,8 +32,18 @@ def _step(report: dict) -> dict:
 
 def test_plain_int8_misses_the_budget(outlier_net, tmp_path):
     path, data = outlier_net
-    result = run_cli("run", path, "--plugins", "quant", "--data", data, "--on-fail", "skip",
-                     "--output-dir", tmp_path / "plain")
+    result = run_cli(
+        "run",
+        path,
+        "--plugins",
+        "quant",
+        "--data",
+        data,
+        "--on-fail",
+        "skip",
+        "--output-dir",
+        tmp_path / "plain",
+    )
     assert result.exit_code == 0, result.output
     step = _step(json.loads((tmp_path / "plain" / "report.json").read_text()))
     assert step["status"] == "skipped"
@@ -43,8 +53,9 @@ def test_plain_int8_misses_the_budget(outlier_net, tmp_path):
 def test_search_meets_the_budget_keeping_under_20_percent_in_float(outlier_net, tmp_path):
     path, data = outlier_net
     out = tmp_path / "mixed"
-    result = run_cli("run", path, "--plugins", "quant", "--data", data, "-o", "quant.min_cosine=0.995",
-                     "--output-dir", out)
+    result = run_cli(
+        "run", path, "--plugins", "quant", "--data", data, "-o", "quant.min_cosine=0.995", "--output-dir", out
+    )
     assert result.exit_code == 0, result.output
     assert "kept 1 of 12 compute nodes in float (outlier_fc)" in result.output
     step = _step(json.loads((out / "report.json").read_text()))
@@ -73,8 +84,9 @@ def test_search_meets_the_budget_keeping_under_20_percent_in_float(outlier_net, 
 
 def test_top1_budget_drives_the_search_too(outlier_net, tmp_path):
     path, data = outlier_net
-    result = edgeplug.optimize(path, ["quant"], data=data, options={"quant": {"min_top1": 0.98}},
-                               output_dir=tmp_path / "top1")
+    result = edgeplug.optimize(
+        path, ["quant"], data=data, options={"quant": {"min_top1": 0.98}}, output_dir=tmp_path / "top1"
+    )
     mixed = _step(result.report)["details"]["mixed_precision"]
     assert "min_top1" in mixed["budget"]["user_set"]
     assert mixed["final"]["top1"] >= 0.98 > mixed["plain"]["top1"]
@@ -95,8 +107,13 @@ def test_a_user_metric_given_as_file_and_function(outlier_net, tmp_path):
     path, data = outlier_net
     metric = tmp_path / "my_metric.py"
     metric.write_text(METRIC)
-    result = edgeplug.optimize(path, ["quant"], data=data, output_dir=tmp_path / "metric",
-                               options={"quant": {"metric": f"{metric}:agreement", "min_metric": 0.97}})
+    result = edgeplug.optimize(
+        path,
+        ["quant"],
+        data=data,
+        output_dir=tmp_path / "metric",
+        options={"quant": {"metric": f"{metric}:agreement", "min_metric": 0.97}},
+    )
     mixed = _step(result.report)["details"]["mixed_precision"]
     assert mixed["budget"]["metric"].endswith(":agreement")
     assert mixed["final"]["metric"] >= 0.97 > mixed["plain"]["metric"]
@@ -106,8 +123,13 @@ def test_a_user_metric_given_as_file_and_function(outlier_net, tmp_path):
 def test_a_metric_that_cannot_be_imported_is_an_option_error(outlier_net, tmp_path):
     path, data = outlier_net
     with pytest.raises(OptionError, match="has no function"):
-        edgeplug.optimize(path, ["quant"], data=data, output_dir=tmp_path / "x",
-                          options={"quant": {"metric": "numpy:no_such_metric", "min_metric": 0.5}})
+        edgeplug.optimize(
+            path,
+            ["quant"],
+            data=data,
+            output_dir=tmp_path / "x",
+            options={"quant": {"metric": "numpy:no_such_metric", "min_metric": 0.5}},
+        )
 
 
 def test_a_budget_plain_int8_meets_keeps_nothing_in_float(tmp_path):
@@ -115,7 +137,8 @@ def test_a_budget_plain_int8_meets_keeps_nothing_in_float(tmp_path):
     onnx.save(gemm_chain([32, 64, 64, 10]), path)
     data = tmp_path / "d.npz"
     np.savez(data, x=np.random.default_rng(0).standard_normal((200, 32)).astype(np.float32))
-    result = edgeplug.optimize(path, ["quant"], data=data, options={"quant": {"min_cosine": 0.99}},
-                               output_dir=tmp_path / "out")
+    result = edgeplug.optimize(
+        path, ["quant"], data=data, options={"quant": {"min_cosine": 0.99}}, output_dir=tmp_path / "out"
+    )
     mixed = _step(result.report)["details"]["mixed_precision"]
     assert mixed["kept_float"] == [] and mixed["sensitivity"] == []

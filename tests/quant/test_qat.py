@@ -30,12 +30,20 @@ def keras_digits(tmp_path_factory) -> dict[str, Path]:
     train, test = _nhwc(DIGITS_TRAIN, folder / "train.npz"), _nhwc(DIGITS_TEST, folder / "test.npz")
     keras.utils.set_random_seed(0)
     layers = keras.layers
-    model = keras.Sequential([
-        keras.Input((8, 8, 1), name="input"),
-        layers.Conv2D(16, 3, padding="same", use_bias=False), layers.BatchNormalization(), layers.ReLU(),
-        layers.Conv2D(32, 3, padding="same", use_bias=False), layers.BatchNormalization(), layers.ReLU(),
-        layers.MaxPooling2D(2), layers.Flatten(), layers.Dense(10),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1), name="input"),
+            layers.Conv2D(16, 3, padding="same", use_bias=False),
+            layers.BatchNormalization(),
+            layers.ReLU(),
+            layers.Conv2D(32, 3, padding="same", use_bias=False),
+            layers.BatchNormalization(),
+            layers.ReLU(),
+            layers.MaxPooling2D(2),
+            layers.Flatten(),
+            layers.Dense(10),
+        ]
+    )
     model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     with np.load(train) as npz:
         model.fit(npz["input"], npz["labels"], epochs=4, batch_size=32, verbose=0)
@@ -61,13 +69,28 @@ def test_qat_exports_a_model_matching_keras_and_beats_or_ties_ptq(keras_digits, 
     paths = keras_digits
     # PTQ of the same float network: tf2onnx export, then static INT8 calibrated on the training images
     float_path = _float_onnx(paths["model"], tmp_path / "float.onnx")
-    ptq = edgeplug.optimize(float_path, ["quant"], data=paths["test"], calibration_data=str(paths["train"]),
-                            output_dir=tmp_path / "ptq")
+    ptq = edgeplug.optimize(
+        float_path,
+        ["quant"],
+        data=paths["test"],
+        calibration_data=str(paths["train"]),
+        output_dir=tmp_path / "ptq",
+    )
     ptq_acc = accuracy(ptq.output_dir / "float.onnx", paths["test"])
 
     out = tmp_path / "qat"
-    result = run_cli("run", paths["model"], "--plugins", "quant", "--data", paths["train"],
-                     "-o", "quant.qat_epochs=3", "--output-dir", out)
+    result = run_cli(
+        "run",
+        paths["model"],
+        "--plugins",
+        "quant",
+        "--data",
+        paths["train"],
+        "-o",
+        "quant.qat_epochs=3",
+        "--output-dir",
+        out,
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     qat = report["steps"][0]["details"]["qat"]
@@ -98,8 +121,9 @@ def test_exported_onnx_matches_the_keras_qat_model_on_held_out_data(keras_digits
     from edgeplug_quantize.int8_weights import pack_qat_weights
 
     paths = keras_digits
-    ctx = make_ctx(edgeplug.Model.load(DIGITS_TEST.parent / "digits_cnn.onnx"), None, workdir=tmp_path,
-                   qat_epochs=1)
+    ctx = make_ctx(
+        edgeplug.Model.load(DIGITS_TEST.parent / "digits_cnn.onnx"), None, workdir=tmp_path, qat_epochs=1
+    )
     ctx.data_path = str(paths["train"])
     trained = qat.fine_tune(paths["model"], ctx)
     proto = qat.export(trained.model, trained.data, tf, tf2onnx)
@@ -122,10 +146,14 @@ def test_qat_needs_labelled_npz(keras_digits, tmp_path):
     paths = keras_digits
     unlabeled = tmp_path / "x.npz"
     np.savez(unlabeled, input=np.zeros((4, 8, 8, 1), np.float32))
-    result = run_cli("run", paths["model"], "--plugins", "quant", "--data", unlabeled, "--output-dir", tmp_path / "o")
+    result = run_cli(
+        "run", paths["model"], "--plugins", "quant", "--data", unlabeled, "--output-dir", tmp_path / "o"
+    )
     assert result.exit_code == 2
     assert "labels" in result.output
-    nchw = run_cli("run", paths["model"], "--plugins", "quant", "--data", DIGITS_TRAIN, "--output-dir", tmp_path / "p")
+    nchw = run_cli(
+        "run", paths["model"], "--plugins", "quant", "--data", DIGITS_TRAIN, "--output-dir", tmp_path / "p"
+    )
     assert nchw.exit_code == 2
     assert "channels-last" in nchw.output
 
@@ -137,7 +165,9 @@ def test_keras3_models_are_refused_with_a_sentence(tmp_path):
     model = keras3.Sequential([keras3.Input((4,)), keras3.layers.Dense(2)])
     path = tmp_path / "k3.keras"
     model.save(path)
-    result = run_cli("run", path, "--plugins", "quant", "--data", DIGITS_TRAIN, "--output-dir", tmp_path / "o")
+    result = run_cli(
+        "run", path, "--plugins", "quant", "--data", DIGITS_TRAIN, "--output-dir", tmp_path / "o"
+    )
     assert result.exit_code == 2, result.output
     assert "Keras 3" in result.output and "tf_keras" in result.output
 

@@ -35,8 +35,9 @@ def _step(report: dict) -> dict:
 def test_bert_dynamic_int8_cli(bert, tmp_path):
     model, data = bert
     out = tmp_path / "out"
-    result = run_cli("run", model, "--plugins", "quant", "--data", data, "-o", "quant.mode=dynamic",
-                     "--output-dir", out)
+    result = run_cli(
+        "run", model, "--plugins", "quant", "--data", data, "-o", "quant.mode=dynamic", "--output-dir", out
+    )
     assert result.exit_code == 0, result.output
     step = _step(json.loads((out / "report.json").read_text()))
     assert step["status"] == "applied"
@@ -62,8 +63,13 @@ def test_bert_static_int8_python_api(bert, tmp_path):
 def test_bert_fused_by_onnxruntime_then_dynamic_int8(bert, tmp_path):
     pytest.importorskip("edgeplug_fuse")
     model, data = bert
-    result = edgeplug.optimize(model, ["fuse", "quant"], data=data, output_dir=tmp_path / "out",
-                               options={"fuse": {"target": "onnxruntime"}, "quant": {"mode": "dynamic"}})
+    result = edgeplug.optimize(
+        model,
+        ["fuse", "quant"],
+        data=data,
+        output_dir=tmp_path / "out",
+        options={"fuse": {"target": "onnxruntime"}, "quant": {"mode": "dynamic"}},
+    )
     step = _step(result.report)
     assert step["status"] == "applied", step.get("error")
     ops = step["details"]["recipe"]["op_counts"]

@@ -72,7 +72,9 @@ class Budget:
             try:
                 score = float(self.metric(reference, candidate, labels))
             except Exception as exc:
-                raise OptionError(f"quant.metric {self.metric_name} raised {type(exc).__name__}: {exc}") from None
+                raise OptionError(
+                    f"quant.metric {self.metric_name} raised {type(exc).__name__}: {exc}"
+                ) from None
             result["metric"] = score
             if self.min_metric is not None and score < self.min_metric:
                 failures.append(f"metric {self.metric_name} {score:.5g} < {self.min_metric:g}")

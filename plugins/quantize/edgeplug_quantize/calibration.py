@@ -3,13 +3,15 @@ calibration data and of a reused calibration table against the model."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
-from edgeplug import DataError
+from edgeplug import DataError, OptionError
 from onnxruntime.quantization import CalibrationDataReader
 
 Sample = dict[str, np.ndarray]
@@ -62,17 +64,24 @@ def check_samples(samples: Sequence[Sample], proto: onnx.ModelProto, what: str) 
     extra = sorted(set(sample) - set(inputs))
     if missing or extra:
         parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
-            [f"unknown {', '.join(extra)}"] if extra else [])
-        raise DataError(f"quant: the {what} data does not match the model's inputs ({'; '.join(parts)}); "
-                        f"the model expects {', '.join(inputs)}")
+            [f"unknown {', '.join(extra)}"] if extra else []
+        )
+        raise DataError(
+            f"quant: the {what} data does not match the model's inputs ({'; '.join(parts)}); "
+            f"the model expects {', '.join(inputs)}"
+        )
     for name, value in sample.items():
         dims = inputs[name].type.tensor_type.shape.dim
         if dims and len(dims) != np.ndim(value):
-            raise DataError(f"quant: {what} input {name} has rank {np.ndim(value)}, the model expects {len(dims)}")
+            raise DataError(
+                f"quant: {what} input {name} has rank {np.ndim(value)}, the model expects {len(dims)}"
+            )
         for axis, dim in enumerate(dims):
             if axis and dim.HasField("dim_value") and value.shape[axis] != dim.dim_value:
-                raise DataError(f"quant: {what} input {name} has shape {list(value.shape)}, the model expects "
-                                f"dimension {axis} = {dim.dim_value}")
+                raise DataError(
+                    f"quant: {what} input {name} has shape {list(value.shape)}, the model expects "
+                    f"dimension {axis} = {dim.dim_value}"
+                )
 
 
 def tensor_names(proto: onnx.ModelProto) -> set[str]:
@@ -96,19 +105,59 @@ def check_table(path: Path, proto: onnx.ModelProto, method: str) -> int:
         raise DataError(f"quant: calibration table {path} holds no tensor ranges; delete it to recalibrate")
     recorded = str(raw.get("calibration_method", ""))
     if recorded and METHODS[method].lower() not in recorded.lower():
-        raise DataError(f"quant: calibration table {path} was made with {recorded}, not {method}; "
-                        f"set quant.calibration to match or delete the table")
+        raise DataError(
+            f"quant: calibration table {path} was made with {recorded}, not {method}; "
+            f"set quant.calibration to match or delete the table"
+        )
     known = tensor_names(proto)
     unknown = sorted(name for name in data if name not in known)
     if unknown:
         shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        raise DataError(f"quant: calibration table {path} names {len(unknown)} of {len(data)} tensors this model "
-                        f"does not have ({shown}); it was made for another model: delete it to recalibrate")
+        raise DataError(
+            f"quant: calibration table {path} names {len(unknown)} of {len(data)} tensors this model "
+            f"does not have ({shown}); it was made for another model: delete it to recalibrate"
+        )
     for name, entry in data.items():
         values = _numbers(entry)
         if not values or not np.all(np.isfinite(values)):
             raise DataError(f"quant: calibration table {path}: tensor {name} has no finite range; delete it")
     return len(data)
+
+
+def check_table_target(path: Path) -> None:
+    """Refuse a `calibration_table` that cannot be read back or written: an existing folder, or a file whose
+    folder neither exists nor can be created, or is not writable. Probes by writing (file permission bits say
+    nothing for root) and removes the folders and probe file it made."""
+    where = f"quant.calibration_table={path}"
+    try:
+        if path.is_dir():
+            raise OptionError(f"{where} is a folder; give the path of a .json file")
+        if path.exists():
+            if not path.is_file():
+                raise OptionError(f"{where} is not a regular file")
+            return  # reused: check_table validates its contents
+    except OSError as exc:
+        raise OptionError(
+            f"{where} cannot be used ({exc.strerror or exc}); choose a writable folder"
+        ) from None
+    folder = path.parent
+    made: list[Path] = []  # folders created by this probe, deepest last
+    try:
+        missing = [p for p in (folder, *folder.parents) if not p.exists()]
+        for parent in reversed(missing):
+            parent.mkdir()
+            made.append(parent)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".edgeplug-probe-"):
+            pass
+    except OSError as exc:
+        raise OptionError(
+            f"{where} cannot be written ({exc.strerror or exc}) in {folder}; "
+            "choose a folder that exists or can be created and is writable"
+        ) from None
+    finally:
+        for parent in reversed(made):
+            with contextlib.suppress(OSError):
+                parent.rmdir()
 
 
 def _numbers(entry: object) -> list[float]:

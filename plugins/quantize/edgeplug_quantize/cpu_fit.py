@@ -46,7 +46,8 @@ def choose_types(options: Mapping[str, Any], cpu: Mapping[str, Any], following: 
     elif cpu.get("machine", "") in ("x86_64", "amd64", "i686", "x86") and cpu.get("vnni"):
         act, wgt, reduce, sym = "u8", "s8", False, False
         reasons.append(
-            "x86 with VNNI (" + ", ".join(f for f in cpu.get("flags", []) if "vnni" in f or "amx" in f)
+            "x86 with VNNI ("
+            + ", ".join(f for f in cpu.get("flags", []) if "vnni" in f or "amx" in f)
             + "): u8 activations with s8 per-channel weights run on the u8*s8 dot-product kernels; "
             "no range reduction needed"
         )
@@ -64,19 +65,35 @@ def choose_types(options: Mapping[str, Any], cpu: Mapping[str, Any], following: 
         reasons.append("CPU without int8 dot products: s8 activations and weights (onnxruntime's ARM advice)")
 
     auto: list[str] = []
-    chosen = {"activation_type": act, "weight_type": wgt, "reduce_range": reduce, "symmetric": sym,
-              "per_channel": True}
+    chosen = {
+        "activation_type": act,
+        "weight_type": wgt,
+        "reduce_range": reduce,
+        "symmetric": sym,
+        "per_channel": True,
+    }
     for key, value in chosen.items():
         given = options.get(key)
         if given is None:
             auto.append(key)
         elif given != value:
             chosen[key] = given
-            reasons.append(f"{key}={_show(given)} as given by the user (this CPU/chain suggests {_show(value)})")
+            reasons.append(
+                f"{key}={_show(given)} as given by the user (this CPU/chain suggests {_show(value)})"
+            )
     if targets and chosen["activation_type"] == "u8" and chosen["symmetric"]:
-        reasons.append("warning: u8 activations cannot have zero point 0 with symmetric ranges; s8 suits trt/neon")
-    return TypeChoice(chosen["activation_type"], chosen["weight_type"], bool(chosen["reduce_range"]),
-                      bool(chosen["symmetric"]), bool(chosen["per_channel"]), reasons, auto)
+        reasons.append(
+            "warning: u8 activations cannot have zero point 0 with symmetric ranges; s8 suits trt/neon"
+        )
+    return TypeChoice(
+        chosen["activation_type"],
+        chosen["weight_type"],
+        bool(chosen["reduce_range"]),
+        bool(chosen["symmetric"]),
+        bool(chosen["per_channel"]),
+        reasons,
+        auto,
+    )
 
 
 def _show(value: Any) -> str:

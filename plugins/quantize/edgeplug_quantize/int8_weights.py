@@ -49,8 +49,12 @@ def pack_qat_weights(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]
         weight = node.input[1] if len(node.input) > 1 else ""
         if node.op_type == "Gemm":
             axis = 0 if any(a.name == "transB" and a.i for a in node.attribute) else 1
-        if (axis == -1 or weight not in inits or users.get(weight, 0) != 1
-                or inits[weight].data_type != onnx.TensorProto.FLOAT):
+        if (
+            axis == -1
+            or weight not in inits
+            or users.get(weight, 0) != 1
+            or inits[weight].data_type != onnx.TensorProto.FLOAT
+        ):
             new_nodes.append(node)
             continue
         array = numpy_helper.to_array(inits[weight])
@@ -62,14 +66,19 @@ def pack_qat_weights(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]
         per_channel = scales.size > 1
         names = (f"{weight}_int8", f"{weight}_scale", f"{weight}_zero_point", f"{weight}_dequantized")
         out.graph.initializer.remove(inits[weight])
-        out.graph.initializer.extend([
-            numpy_helper.from_array(values, names[0]),
-            numpy_helper.from_array(scales if per_channel else scales.reshape(()), names[1]),
-            numpy_helper.from_array(np.zeros(scales.shape if per_channel else (), np.int8), names[2]),
-        ])
+        out.graph.initializer.extend(
+            [
+                numpy_helper.from_array(values, names[0]),
+                numpy_helper.from_array(scales if per_channel else scales.reshape(()), names[1]),
+                numpy_helper.from_array(np.zeros(scales.shape if per_channel else (), np.int8), names[2]),
+            ]
+        )
         attrs = {"axis": axis} if per_channel else {}
-        new_nodes.append(helper.make_node("DequantizeLinear", list(names[:3]), [names[3]],
-                                          name=f"{weight}_DequantizeLinear", **attrs))
+        new_nodes.append(
+            helper.make_node(
+                "DequantizeLinear", list(names[:3]), [names[3]], name=f"{weight}_DequantizeLinear", **attrs
+            )
+        )
         node.input[1] = names[3]
         new_nodes.append(node)
         packed.append(node.name or weight)

@@ -18,7 +18,9 @@ REQUANTIZED_BY_ORT = ("Conv", "ConvTranspose", "Gemm")
 FOLDED_ACTIVATIONS = ("Relu", "Clip")
 
 
-def detach_from_dequantize(quantized: onnx.ModelProto, original: onnx.ModelProto, nodes: Sequence[str]) -> list[str]:
+def detach_from_dequantize(
+    quantized: onnx.ModelProto, original: onnx.ModelProto, nodes: Sequence[str]
+) -> list[str]:
     """Rewire the first input of the named Conv/Gemm nodes from DQ(Q(x)) to float x (in place on `quantized`).
     Returns the nodes rewired."""
     wanted = set(nodes)
@@ -36,7 +38,11 @@ def detach_from_dequantize(quantized: onnx.ModelProto, original: onnx.ModelProto
                 source = q.input[0]
                 act = before.get(source)
                 now = made.get(source)
-                if act is not None and act.op_type in FOLDED_ACTIVATIONS and (now is None or now.op_type != act.op_type):
+                if (
+                    act is not None
+                    and act.op_type in FOLDED_ACTIVATIONS
+                    and (now is None or now.op_type != act.op_type)
+                ):
                     # the quantizer removed this activation (the QuantizeLinear clamps instead): redo it in float
                     redo = onnx.NodeProto()
                     redo.CopyFrom(act)

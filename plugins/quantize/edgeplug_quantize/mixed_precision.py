@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from edgeplug import Model, PluginError, RunContext
+from edgeplug import Model, OptionError, PluginError, RunContext
 from edgeplug.verify import outputs_of
 
 from .budget import Budget
@@ -36,12 +36,22 @@ def _short(result: dict[str, Any]) -> dict[str, Any]:
 class Search:
     """One mixed-precision search over a prepared float model."""
 
-    def __init__(self, proto: onnx.ModelProto, recipe: Recipe, calibration: Sequence[Sample],
-                 validation: Sequence[Sample], labels: np.ndarray | None, budget: Budget, ctx: RunContext,
-                 sensitivity_samples: int = 64) -> None:
+    def __init__(
+        self,
+        proto: onnx.ModelProto,
+        recipe: Recipe,
+        calibration: Sequence[Sample],
+        validation: Sequence[Sample],
+        labels: np.ndarray | None,
+        budget: Budget,
+        ctx: RunContext,
+        sensitivity_samples: int = 64,
+    ) -> None:
         self.proto, self.recipe, self.calibration = proto, recipe, calibration
         self.validation, self.labels, self.budget, self.ctx = validation, labels, budget, ctx
-        count = max(1, min(sensitivity_samples, len(validation)))
+        if sensitivity_samples < 1:
+            raise OptionError(f"quant.sensitivity_samples must be at least 1, got {sensitivity_samples}")
+        count = min(sensitivity_samples, len(validation))
         self.subset = list(validation[:count])
         self.subset_labels = None if labels is None else labels[: count * _batch(validation)]
         self.reference = self._run(proto, validation)
@@ -58,8 +68,11 @@ class Search:
         if key in self._cache:
             return self._cache[key]
         proto = quantize(self.proto, self.recipe.excluding(kept), self.calibration)
-        samples, ref, labels = ((self.validation, self.reference, self.labels) if full
-                                else (self.subset, self.subset_reference, self.subset_labels))
+        samples, ref, labels = (
+            (self.validation, self.reference, self.labels)
+            if full
+            else (self.subset, self.subset_reference, self.subset_labels)
+        )
         result = self.budget.evaluate(ref, self._run(proto, samples), labels)
         self.evaluations += 1
         self._cache[key] = (proto, result)
@@ -70,8 +83,12 @@ class Search:
         plain_proto, plain = self.evaluate([])
         self.ctx.log(f"mixed precision: plain {self.recipe.mode} INT8 scores {_describe(plain)}")
         if not plain["failures"]:
-            self.ctx.log("mixed precision: plain quantization already meets the budget; nothing kept in float")
-            return SearchResult(plain_proto, [], len(nodes), _short(plain), _short(plain), [], self.evaluations)
+            self.ctx.log(
+                "mixed precision: plain quantization already meets the budget; nothing kept in float"
+            )
+            return SearchResult(
+                plain_proto, [], len(nodes), _short(plain), _short(plain), [], self.evaluations
+            )
         table = self.sensitivity(nodes)
         order = [row["node"] for row in table]
         kept = self.smallest_prefix(order)
@@ -79,8 +96,10 @@ class Search:
         proto, final = self.evaluate(kept)
         for row in table:
             row["kept_float"] = row["node"] in kept
-        self.ctx.log(f"mixed precision: kept {len(kept)} of {len(nodes)} compute nodes in float "
-                     f"({', '.join(kept)}); {_describe(final)}")
+        self.ctx.log(
+            f"mixed precision: kept {len(kept)} of {len(nodes)} compute nodes in float "
+            f"({', '.join(kept)}); {_describe(final)}"
+        )
         return SearchResult(proto, kept, len(nodes), _short(plain), _short(final), table, self.evaluations)
 
     def sensitivity(self, nodes: Sequence[onnx.NodeProto]) -> list[dict[str, Any]]:
@@ -89,8 +108,14 @@ class Search:
         rows = []
         for node in self.ctx.progress(nodes, "sensitivity", total=len(nodes)):
             _, result = self.evaluate([node.name], full=False)
-            rows.append({"node": node.name, "op_type": node.op_type, **_short(result),
-                         "loss_reduction": round(base["loss"] - result["loss"], 6)})
+            rows.append(
+                {
+                    "node": node.name,
+                    "op_type": node.op_type,
+                    **_short(result),
+                    "loss_reduction": round(base["loss"] - result["loss"], 6),
+                }
+            )
         rows.sort(key=lambda r: r["loss"])
         for rank, row in enumerate(rows, 1):
             row["rank"] = rank
@@ -102,7 +127,9 @@ class Search:
     def smallest_prefix(self, order: Sequence[str]) -> list[str]:
         """The shortest prefix of the ranking meeting the budget: doubling, then bisection."""
         if not order:
-            raise PluginError("quant: the budget is not met and this model has no compute node to keep in float")
+            raise PluginError(
+                "quant: the budget is not met and this model has no compute node to keep in float"
+            )
         hi = 1
         while hi < len(order) and not self._passes(order[:hi]):
             self.ctx.log(f"mixed precision: {hi} node(s) in float are not enough")
@@ -146,4 +173,3 @@ def _describe(result: dict[str, Any]) -> str:
         parts.append(f"metric {result['metric']:.5g}")
     verdict = "within budget" if not result["failures"] else "misses: " + "; ".join(result["failures"])
     return ", ".join(parts) + f" ({verdict})"
-

@@ -13,17 +13,27 @@ from edgeplug.cpu import cpu_info
 from edgeplug.model import get_metadata, set_metadata
 
 from .budget import Budget, load_metric
-from .calibration import check_samples, check_table, strided
+from .calibration import check_samples, check_table, check_table_target, strided
 from .cpu_fit import choose_types
 from .int8_weights import pack_qat_weights
 from .mixed_precision import Search, SearchResult
-from .options import OPTIONS
+from .options import OPTIONS, QAT_KEYS, check_counts, check_tolerance
 from .prepare import prepare
 from .ptq import Recipe, candidates, dynamic_ops_for, quantize, resolve_exclusions
 
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
-QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
-                 "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "QAttention"}
+QUANTIZED_OPS = {
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "QLinearConv",
+    "QLinearMatMul",
+    "MatMulInteger",
+    "ConvInteger",
+    "DynamicQuantizeMatMul",
+    "QAttention",
+    "DynamicQuantizeLSTM",
+}
 SEARCH_KEYS = ("min_cosine", "min_top1", "max_abs_error")
 METADATA_KEY = "edgeplug.quant"
 
@@ -39,6 +49,7 @@ def load_model(path: Path, ctx: RunContext) -> Model | None:
     is_keras = path.suffix.lower() in KERAS_SUFFIXES or (path.is_dir() and (path / "saved_model.pb").exists())
     if not is_keras:
         return None
+    check_counts(ctx.options, QAT_KEYS)  # before training, which runs ahead of pre_optimize
     from .qat import train_and_export
 
     return train_and_export(path, ctx)
@@ -46,7 +57,9 @@ def load_model(path: Path, ctx: RunContext) -> Model | None:
 
 @hookimpl
 def pre_optimize(model: Model, ctx: RunContext) -> None:
-    """Refuse bad option combinations and mismatched data before any step runs."""
+    """Refuse bad option values and combinations and mismatched data before any step runs."""
+    check_counts(ctx.options)
+    check_tolerance(ctx.tolerance)
     if already_quantized(model.proto):
         return
     mode = resolve_mode(ctx)[0]
@@ -54,6 +67,9 @@ def pre_optimize(model: Model, ctx: RunContext) -> None:
     budget_of(ctx)
     resolve_exclusions(ctx.options.get("exclude") or [], model.proto)
     if mode == "static":
+        table = ctx.options.get("calibration_table")
+        if table:
+            check_table_target(Path(table))
         check_samples(ctx.data.calibration, model.proto, "calibration")
 
 
@@ -84,13 +100,23 @@ def transform_graph(model: Model, ctx: RunContext) -> Model | None:
         recipe = build_recipe(mode, prepared.proto, ctx, names, types, Path(tmp) / "calibration.json")
         calibration = calibration_samples(mode, recipe, prepared.proto, ctx)
         if budget is not None:
-            result = Search(prepared.proto, recipe, calibration, ctx.data.validation, ctx.data.validation_labels,
-                            budget, ctx, int(opts.get("sensitivity_samples") or 64)).run()
+            result = Search(
+                prepared.proto,
+                recipe,
+                calibration,
+                ctx.data.validation,
+                ctx.data.validation_labels,
+                budget,
+                ctx,
+                opts["sensitivity_samples"],
+            ).run()
             proto = result.proto
             ctx.record("mixed_precision", search_record(result, budget))
             recipe = recipe.excluding(result.kept_float)
         else:
             proto = quantize(prepared.proto, recipe, calibration)
+        if mode != "fp16" and not already_quantized(proto):
+            return nothing_quantized(recipe, ctx)
         save_table(recipe, opts, ctx)
 
     summary = recipe.summary()
@@ -101,6 +127,21 @@ def transform_graph(model: Model, ctx: RunContext) -> Model | None:
     return model.replace(proto)
 
 
+def nothing_quantized(recipe: Recipe, ctx: RunContext) -> None:
+    """Not applicable: the quantizer left every node in float (e.g. every compute op type excluded)."""
+    excluded = ",".join(ctx.options.get("exclude") or [])
+    cause = (
+        f"-o quant.exclude={excluded} leaves no node that onnxruntime quantizes"
+        if excluded
+        else "onnxruntime found no node of this model to quantize"
+    )
+    why = f"no node was quantized ({recipe.mode} INT8): {cause}"
+    ctx.record("skipped", why)
+    ctx.record("recipe", recipe.summary())
+    ctx.log(f"{why}; step not applied")
+    return None
+
+
 def pack_qat(model: Model, ctx: RunContext) -> Model | None:
     """After QAT: store the fake-quantized float weights as INT8 behind DequantizeLinear."""
     proto, packed = pack_qat_weights(model.proto)
@@ -109,14 +150,17 @@ def pack_qat(model: Model, ctx: RunContext) -> Model | None:
     if not packed:
         ctx.log("quantization-aware trained model: no float weight on an INT8 grid to pack; nothing to do")
         return None
-    ctx.log(f"quantization-aware trained model: stored {len(packed)} weight tensor(s) as INT8 "
-            "(per-channel scales recovered from tfmot's grid)")
+    ctx.log(
+        f"quantization-aware trained model: stored {len(packed)} weight tensor(s) as INT8 "
+        "(per-channel scales recovered from tfmot's grid)"
+    )
     ctx.record("recipe", {"mode": "qat", "op_counts": quantized_op_counts(proto)})
     return model.replace(proto)
 
 
-def exclusions(original: onnx.ModelProto, prepared: onnx.ModelProto, ctx: RunContext
-               ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def exclusions(
+    original: onnx.ModelProto, prepared: onnx.ModelProto, ctx: RunContext
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """`exclude` resolved against the user's model, then mapped onto the prepared one."""
     names, types = resolve_exclusions(ctx.options.get("exclude") or [], original)
     present = {n.name for n in prepared.graph.node}
@@ -153,8 +197,10 @@ def resolve_mode(ctx: RunContext) -> tuple[str, str]:
 
 def check_chain(mode: str, ctx: RunContext) -> None:
     if "trt" in ctx.following and mode == "dynamic":
-        raise PluginError("quant: TensorRT (trt) needs static QDQ INT8, not dynamic quantization; pass --data "
-                          "FILE.npz for calibration and -o quant.mode=static (or fp16)")
+        raise PluginError(
+            "quant: TensorRT (trt) needs static QDQ INT8, not dynamic quantization; pass --data "
+            "FILE.npz for calibration and -o quant.mode=static (or fp16)"
+        )
 
 
 def budget_of(ctx: RunContext) -> Budget | None:
@@ -162,7 +208,9 @@ def budget_of(ctx: RunContext) -> Budget | None:
     opts = ctx.options
     metric_spec, min_metric = opts.get("metric"), opts.get("min_metric")
     if (metric_spec is None) != (min_metric is None):
-        raise OptionError("quant.metric and quant.min_metric go together: give the function and its threshold")
+        raise OptionError(
+            "quant.metric and quant.min_metric go together: give the function and its threshold"
+        )
     user = set(ctx.tolerance.user_set) & set(SEARCH_KEYS)
     if not user and metric_spec is None:
         return None
@@ -170,8 +218,14 @@ def budget_of(ctx: RunContext) -> Budget | None:
     return Budget(ctx.tolerance, metric, min_metric, metric_spec)
 
 
-def build_recipe(mode: str, proto: onnx.ModelProto, ctx: RunContext, names: tuple[str, ...],
-                 types: tuple[str, ...], scratch_table: Path) -> Recipe:
+def build_recipe(
+    mode: str,
+    proto: onnx.ModelProto,
+    ctx: RunContext,
+    names: tuple[str, ...],
+    types: tuple[str, ...],
+    scratch_table: Path,
+) -> Recipe:
     opts = ctx.options
     table = opts.get("calibration_table")
     if mode == "fp16":
@@ -185,15 +239,31 @@ def build_recipe(mode: str, proto: onnx.ModelProto, ctx: RunContext, names: tupl
         if note:
             ctx.log(note)
             ctx.record("dynamic_note", note)
-        return Recipe("dynamic", per_channel=choice.per_channel, weight_type=choice.weight_type,
-                      reduce_range=choice.reduce_range, exclude_nodes=names, exclude_types=types, dynamic_ops=ops)
+        return Recipe(
+            "dynamic",
+            per_channel=choice.per_channel,
+            weight_type=choice.weight_type,
+            reduce_range=choice.reduce_range,
+            exclude_nodes=names,
+            exclude_types=types,
+            dynamic_ops=ops,
+        )
     use_table = Path(table) if table and Path(table).exists() else scratch_table
     # TensorRT's ONNX parser takes INT8 Q/DQ only, not the INT32 DequantizeLinear of quantized biases
     extra = {"QuantizeBias": False} if "trt" in ctx.following else {}
-    return Recipe("static", per_channel=choice.per_channel, calibration=opts.get("calibration") or "minmax",
-                  activation_type=choice.activation_type, weight_type=choice.weight_type,
-                  reduce_range=choice.reduce_range, symmetric=choice.symmetric, exclude_nodes=names,
-                  exclude_types=types, table=use_table, extra=extra)
+    return Recipe(
+        "static",
+        per_channel=choice.per_channel,
+        calibration=opts.get("calibration") or "minmax",
+        activation_type=choice.activation_type,
+        weight_type=choice.weight_type,
+        reduce_range=choice.reduce_range,
+        symmetric=choice.symmetric,
+        exclude_nodes=names,
+        exclude_types=types,
+        table=use_table,
+        extra=extra,
+    )
 
 
 def calibration_samples(mode: str, recipe: Recipe, proto: onnx.ModelProto, ctx: RunContext) -> list[dict]:
@@ -207,13 +277,12 @@ def calibration_samples(mode: str, recipe: Recipe, proto: onnx.ModelProto, ctx: 
         ctx.record("calibration", {"table": str(recipe.table), "reused": True, "tensors": count})
         return []
     ctx.require_real_data("static calibration")
-    limit = int(ctx.options.get("calibration_samples") or 128)
-    if limit < 1:
-        raise OptionError("quant.calibration_samples must be at least 1")
+    limit = ctx.options["calibration_samples"]
     samples = strided(list(ctx.data.calibration[:limit]))[0]  # whole chunks of onnxruntime's strided MinMax
     check_samples(samples, proto, "calibration")
-    ctx.record("calibration", {"method": recipe.calibration, "samples": len(samples),
-                               "source": ctx.data.source})
+    ctx.record(
+        "calibration", {"method": recipe.calibration, "samples": len(samples), "source": ctx.data.source}
+    )
     ctx.log(f"calibrating ({recipe.calibration}) on {len(samples)} samples")
     return samples
 
@@ -234,13 +303,17 @@ def save_table(recipe: Recipe, opts: dict[str, Any], ctx: RunContext) -> None:
 
 def batchnorm_hint(before: int, after: int, ctx: RunContext) -> None:
     if after:
-        ctx.log(f"hint: {after} BatchNormalization node(s) remain and stay in float; put `fuse` before "
-                "`quant` (--plugins fuse,quant) to fold them")
+        ctx.log(
+            f"hint: {after} BatchNormalization node(s) remain and stay in float; put `fuse` before "
+            "`quant` (--plugins fuse,quant) to fold them"
+        )
         ctx.record("batchnorm_remaining", after)
     elif before:
         earlier = ctx.chain[: ctx.chain.index(ctx.plugin)] if ctx.plugin in ctx.chain else ()
         advice = "" if "fuse" in earlier else "; `fuse` before `quant` does this as its own verified step"
-        ctx.log(f"folded {before} BatchNormalization node(s) into their Conv (onnxruntime pre-processing){advice}")
+        ctx.log(
+            f"folded {before} BatchNormalization node(s) into their Conv (onnxruntime pre-processing){advice}"
+        )
 
 
 def already_quantized(proto: onnx.ModelProto) -> bool:
@@ -254,4 +327,3 @@ def quantized_op_counts(proto: onnx.ModelProto) -> dict[str, int]:
     for node in proto.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-

@@ -34,18 +34,24 @@ def prepare(proto: onnx.ModelProto, pre_process: bool = True) -> Prepared:
     opset = default_opset(proto)
     if opset < MIN_OPSET:
         proto = upgrade_opset(proto, MIN_OPSET)
-        notes.append(f"converted opset {opset} -> {MIN_OPSET} with onnx.version_converter "
-                     "(per-channel QuantizeLinear needs 13)")
+        notes.append(
+            f"converted opset {opset} -> {MIN_OPSET} with onnx.version_converter "
+            "(per-channel QuantizeLinear needs 13)"
+        )
     proto, moved = constants_to_initializers(proto)
     if moved:
-        notes.append(f"moved {moved} Constant node values into initializers so their weights can be quantized")
+        notes.append(
+            f"moved {moved} Constant node values into initializers so their weights can be quantized"
+        )
     if pre_process:
         processed = ort_pre_process(proto)
         if processed is None:
             notes.append("onnxruntime pre-processing failed on this model; quantizing without it")
         else:
             proto = processed
-            notes.append("onnxruntime quant_pre_process: symbolic shape inference and basic graph optimizations")
+            notes.append(
+                "onnxruntime quant_pre_process: symbolic shape inference and basic graph optimizations"
+            )
     return Prepared(proto, notes, bn_before, count_ops(proto, "BatchNormalization"))
 
 
@@ -91,7 +97,9 @@ def constants_to_initializers(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, 
     keep: list[onnx.NodeProto] = []
     moved = 0
     for node in out.graph.node:
-        array = _constant_value(node) if node.op_type == "Constant" and node.domain in ("", "ai.onnx") else None
+        array = (
+            _constant_value(node) if node.op_type == "Constant" and node.domain in ("", "ai.onnx") else None
+        )
         if array is None:
             keep.append(node)
             continue

@@ -19,7 +19,16 @@ from .calibration import METHODS, Sample, SampleReader, strided
 from .keep_float import detach_from_dequantize
 
 # Ops onnxruntime quantizes whose cost is real arithmetic: the candidates of the mixed-precision search.
-COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "LSTM", "GRU", "EmbedLayerNormalization")
+COMPUTE_OPS = (
+    "Conv",
+    "ConvTranspose",
+    "Gemm",
+    "MatMul",
+    "Attention",
+    "LSTM",
+    "GRU",
+    "EmbedLayerNormalization",
+)
 # Dynamic quantization targets transformer and recurrent layers (onnxruntime's advice); ConvInteger is slow.
 DYNAMIC_OPS = ("MatMul", "Gemm", "Attention", "LSTM", "GRU", "EmbedLayerNormalization", "Gather")
 FP16_KEEP_FLOAT = ("Resize", "Range", "NonMaxSuppression", "TopK", "RandomUniformLike", "RandomNormalLike")
@@ -48,10 +57,16 @@ class Recipe:
     def summary(self) -> dict[str, Any]:
         data: dict[str, Any] = {"mode": self.mode}
         if self.mode in ("static", "dynamic"):
-            data.update(per_channel=self.per_channel, weight_type=self.weight_type, reduce_range=self.reduce_range)
+            data.update(
+                per_channel=self.per_channel, weight_type=self.weight_type, reduce_range=self.reduce_range
+            )
             if self.mode == "static":
-                data.update(activation_type=self.activation_type, symmetric=self.symmetric,
-                            calibration=self.calibration, format="QDQ")
+                data.update(
+                    activation_type=self.activation_type,
+                    symmetric=self.symmetric,
+                    calibration=self.calibration,
+                    format="QDQ",
+                )
             else:
                 data["activation_type"] = "u8 (dynamic, computed per inference)"
         data["excluded_nodes"] = list(self.exclude_nodes)
@@ -59,7 +74,9 @@ class Recipe:
         return data
 
 
-def resolve_exclusions(tokens: Sequence[str], proto: onnx.ModelProto) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def resolve_exclusions(
+    tokens: Sequence[str], proto: onnx.ModelProto
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Split `exclude` tokens into op types and node names; an unknown token is an OptionError."""
     nodes = {n.name for n in proto.graph.node}
     present_types = {n.op_type for n in proto.graph.node}
@@ -72,7 +89,9 @@ def resolve_exclusions(tokens: Sequence[str], proto: onnx.ModelProto) -> tuple[t
             names.append(token)
         else:
             close = difflib.get_close_matches(token, sorted(nodes | present_types), n=3, cutoff=0.5)
-            hint = f"did you mean {' or '.join(close)}?" if close else "it is neither a node name nor an op type"
+            hint = (
+                f"did you mean {' or '.join(close)}?" if close else "it is neither a node name nor an op type"
+            )
             raise OptionError(f"quant.exclude: {token!r} is not in the model: {hint}")
     by_type = [n.name for n in proto.graph.node if n.op_type in types and n.name]
     return tuple(dict.fromkeys(names + by_type)), tuple(types)
@@ -87,17 +106,27 @@ def dynamic_ops_for(proto: onnx.ModelProto) -> tuple[tuple[str, ...], str | None
     sequence = any(counts.get(op) for op in ("Attention", "LSTM", "GRU", "EmbedLayerNormalization"))
     if sequence or counts.get("Conv", 0) <= counts.get("MatMul", 0) + counts.get("Gemm", 0):
         return DYNAMIC_OPS, None
-    return (*DYNAMIC_OPS, "Conv"), ("convolutional model: dynamic INT8 quantizes its Conv layers too (ConvInteger); "
-                                    "static INT8 with --data calibration is faster and more accurate")
+    return (*DYNAMIC_OPS, "Conv"), (
+        "convolutional model: dynamic INT8 quantizes its Conv layers too (ConvInteger); "
+        "static INT8 with --data calibration is faster and more accurate"
+    )
 
 
 def candidates(proto: onnx.ModelProto, recipe: Recipe) -> list[onnx.NodeProto]:
     """Nodes the search may keep in float: compute nodes the quantizer would otherwise convert."""
-    ops = COMPUTE_OPS if recipe.mode != "dynamic" else tuple(o for o in COMPUTE_OPS if o in recipe.dynamic_ops)
+    ops = (
+        COMPUTE_OPS if recipe.mode != "dynamic" else tuple(o for o in COMPUTE_OPS if o in recipe.dynamic_ops)
+    )
     if recipe.mode == "fp16":
         ops = (*COMPUTE_OPS, "Add", "Mul", "Softmax", "LayerNormalization", "ReduceMean", "Pow")
-    return [n for n in proto.graph.node if n.op_type in ops and n.name
-            and n.name not in recipe.exclude_nodes and n.op_type not in recipe.exclude_types]
+    return [
+        n
+        for n in proto.graph.node
+        if n.op_type in ops
+        and n.name
+        and n.name not in recipe.exclude_nodes
+        and n.op_type not in recipe.exclude_types
+    ]
 
 
 @contextlib.contextmanager
@@ -113,7 +142,9 @@ def _quiet_ort() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def quantize(proto: onnx.ModelProto, recipe: Recipe, calibration: Sequence[Sample] | None = None) -> onnx.ModelProto:
+def quantize(
+    proto: onnx.ModelProto, recipe: Recipe, calibration: Sequence[Sample] | None = None
+) -> onnx.ModelProto:
     """One quantization of `proto` by `recipe`; static mode needs `calibration` or an existing table."""
     if recipe.mode == "fp16":
         return to_fp16(proto, recipe)
@@ -126,10 +157,12 @@ def quantize(proto: onnx.ModelProto, recipe: Recipe, calibration: Sequence[Sampl
             if recipe.mode == "static":
                 _static(source, out, recipe, calibration)
             else:
-                _dynamic(source, out, recipe)
+                _dynamic(source, out, recipe, {n.name for n in proto.graph.node if n.op_type == "Gemm"})
         except (ValueError, RuntimeError, KeyError, AssertionError) as exc:
-            raise PluginError(f"quant: onnxruntime could not quantize this model ({recipe.mode}): "
-                              f"{_first_line(exc)}; exclude the failing node or op type with -o quant.exclude=...") from None
+            raise PluginError(
+                f"quant: onnxruntime could not quantize this model ({recipe.mode}): "
+                f"{_first_line(exc)}; exclude the failing node or op type with -o quant.exclude=..."
+            ) from None
         result = onnx.load(str(out))
     if recipe.mode == "static" and recipe.exclude_nodes:
         detach_from_dequantize(result, proto, recipe.exclude_nodes)
@@ -163,7 +196,9 @@ def _static(source: Path, out: Path, recipe: Recipe, calibration: Sequence[Sampl
         calibration_data_reader=reader,
         quant_format=QuantFormat.QDQ,
         # onnxruntime's own default set (both registries), minus the excluded op types
-        op_types_to_quantize=sorted(t for t in {*QDQRegistry, *QLinearOpsRegistry} if t not in recipe.exclude_types),
+        op_types_to_quantize=sorted(
+            t for t in {*QDQRegistry, *QLinearOpsRegistry} if t not in recipe.exclude_types
+        ),
         per_channel=recipe.per_channel,
         reduce_range=recipe.reduce_range,
         activation_type=_qtype(recipe.activation_type),
@@ -175,9 +210,12 @@ def _static(source: Path, out: Path, recipe: Recipe, calibration: Sequence[Sampl
     )
 
 
-def _dynamic(source: Path, out: Path, recipe: Recipe) -> None:
+def _dynamic(source: Path, out: Path, recipe: Recipe, gemms: set[str]) -> None:
     from onnxruntime.quantization import quantize_dynamic
 
+    # quantize_dynamic first rewrites Gemm as MatMul `<name>_MatMul` + Add, then quantizes that MatMul:
+    # excluding the Gemm's own name (or the Gemm op type) alone would not keep it in float.
+    excluded = [*recipe.exclude_nodes, *(f"{n}_MatMul" for n in recipe.exclude_nodes if n in gemms)]
     extra: dict[str, Any] = {"MatMulConstBOnly": True}
     extra.update(recipe.extra)
     quantize_dynamic(
@@ -187,7 +225,7 @@ def _dynamic(source: Path, out: Path, recipe: Recipe) -> None:
         per_channel=recipe.per_channel,
         reduce_range=recipe.reduce_range,
         weight_type=_qtype(recipe.weight_type),
-        nodes_to_exclude=list(recipe.exclude_nodes),
+        nodes_to_exclude=excluded,
         extra_options=extra,
     )
 
@@ -206,8 +244,10 @@ def to_fp16(proto: onnx.ModelProto, recipe: Recipe) -> onnx.ModelProto:
             node_block_list=list(recipe.exclude_nodes),
         )
     except (ValueError, RuntimeError, KeyError) as exc:
-        raise PluginError(f"quant: float16 conversion failed ({_first_line(exc)}); "
-                          "exclude the failing op type with -o quant.exclude=...") from None
+        raise PluginError(
+            f"quant: float16 conversion failed ({_first_line(exc)}); "
+            "exclude the failing op type with -o quant.exclude=..."
+        ) from None
     result = toposorted(result)
     _copy_metadata(result, proto)
     return result

@@ -57,7 +57,11 @@ def saved_keras_version(path: Path) -> str | None:
 
             with h5py.File(path, "r") as handle:
                 value = handle.attrs.get("keras_version")
-                return value.decode() if isinstance(value, bytes) else (str(value) if value is not None else None)
+                return (
+                    value.decode()
+                    if isinstance(value, bytes)
+                    else (str(value) if value is not None else None)
+                )
     except (OSError, ValueError, KeyError, json.JSONDecodeError):
         return None
     return None
@@ -80,8 +84,10 @@ def refuse_keras3(path: Path) -> None:
 def read_training_data(ctx: RunContext, model: Any) -> TrainingData:
     """The training inputs and labels from --data (a .npz with the input array and `labels`)."""
     if not ctx.data_path or ctx.data_path == "random":
-        raise DataError("quant: quantization-aware training needs labelled training data: "
-                        "pass --data TRAIN.npz holding the input array and 'labels'")
+        raise DataError(
+            "quant: quantization-aware training needs labelled training data: "
+            "pass --data TRAIN.npz holding the input array and 'labels'"
+        )
     path = Path(ctx.data_path)
     if path.suffix != ".npz" or not path.is_file():
         raise DataError(f"quant: QAT reads its training data from a .npz file; {path} is not one")
@@ -101,11 +107,17 @@ def read_training_data(ctx: RunContext, model: Any) -> TrainingData:
     elif wanted in arrays:
         name, inputs = wanted, arrays[wanted]
     else:
-        raise DataError(f"quant: {path} holds {', '.join(arrays)}; name the input array {wanted!r} or keep one")
+        raise DataError(
+            f"quant: {path} holds {', '.join(arrays)}; name the input array {wanted!r} or keep one"
+        )
     expected = tuple(model.inputs[0].shape)
-    if inputs.ndim != len(expected) or any(e is not None and e != g for e, g in zip(expected[1:], inputs.shape[1:])):
-        raise DataError(f"quant: {path} input {name} has shape {list(inputs.shape)}, the Keras model expects "
-                        f"{['N' if d is None else d for d in expected]} (Keras is channels-last)")
+    if inputs.ndim != len(expected) or any(
+        e is not None and e != g for e, g in zip(expected[1:], inputs.shape[1:])
+    ):
+        raise DataError(
+            f"quant: {path} input {name} has shape {list(inputs.shape)}, the Keras model expects "
+            f"{['N' if d is None else d for d in expected]} (Keras is channels-last)"
+        )
     if len(labels) != len(inputs):
         raise DataError(f"quant: {path} holds {len(inputs)} inputs but {len(labels)} labels")
     return TrainingData(name, inputs.astype(np.float32), labels)
@@ -144,7 +156,9 @@ def fine_tune(path: Path, ctx: RunContext) -> Trained:
     try:
         model = keras.models.load_model(str(path), compile=False)
     except Exception as exc:
-        raise ModelError(f"{path} cannot be loaded by tf_keras: {type(exc).__name__}: {_first(exc)}") from None
+        raise ModelError(
+            f"{path} cannot be loaded by tf_keras: {type(exc).__name__}: {_first(exc)}"
+        ) from None
     data = read_training_data(ctx, model)
     keras.utils.set_random_seed(ctx.seed)
     try:
@@ -156,11 +170,14 @@ def fine_tune(path: Path, ctx: RunContext) -> Trained:
             "with a fused activation followed by BatchNormalization)"
         ) from None
     loss, metrics = loss_for(model, data.labels, keras)
-    epochs = int(ctx.options.get("qat_epochs") or 0)
-    batch = int(ctx.options.get("qat_batch_size") or 32)
+    epochs, batch = ctx.options["qat_epochs"], ctx.options["qat_batch_size"]  # checked >= 1 by load_model
     qat_model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=loss, metrics=metrics)
-    ctx.log(f"quantization-aware training: {epochs} epoch(s) on {len(data.inputs)} samples of {ctx.data_path}")
-    history = qat_model.fit(data.inputs, data.labels, epochs=epochs, batch_size=batch, shuffle=True, verbose=0)
+    ctx.log(
+        f"quantization-aware training: {epochs} epoch(s) on {len(data.inputs)} samples of {ctx.data_path}"
+    )
+    history = qat_model.fit(
+        data.inputs, data.labels, epochs=epochs, batch_size=batch, shuffle=True, verbose=0
+    )
     return Trained(qat_model, data, dict(history.history), epochs)
 
 
@@ -172,20 +189,27 @@ def train_and_export(path: Path, ctx: RunContext) -> Model:
     sample = trained.data.inputs[: min(256, len(trained.data.inputs))]
     check = compare_export(trained.model, proto, sample)
     packed = compare_export(trained.model, pack_qat_weights(proto)[0], sample)
-    ctx.record("qat", {
-        "source": str(path),
-        "epochs": trained.epochs,
-        "samples": len(trained.data.inputs),
-        "loss": [round(float(v), 6) for v in trained.history.get("loss", [])],
-        "accuracy": [round(float(v), 6) for v in trained.history.get("accuracy", [])],
-        "export": {"tool": f"tf2onnx {tf2onnx.__version__}", "opset": EXPORT_OPSET, **check},
-        "int8_weights_vs_keras": packed,
-    })
-    ctx.log(f"exported to ONNX with tf2onnx: cosine {check['cosine']:.6f} and max abs error "
-            f"{check['max_abs_error']:.3g} against the Keras QAT model ({packed['max_abs_error']:.3g} once its "
-            "weights are stored as INT8 by the quant step)")
+    ctx.record(
+        "qat",
+        {
+            "source": str(path),
+            "epochs": trained.epochs,
+            "samples": len(trained.data.inputs),
+            "loss": [round(float(v), 6) for v in trained.history.get("loss", [])],
+            "accuracy": [round(float(v), 6) for v in trained.history.get("accuracy", [])],
+            "export": {"tool": f"tf2onnx {tf2onnx.__version__}", "opset": EXPORT_OPSET, **check},
+            "int8_weights_vs_keras": packed,
+        },
+    )
+    ctx.log(
+        f"exported to ONNX with tf2onnx: cosine {check['cosine']:.6f} and max abs error "
+        f"{check['max_abs_error']:.3g} against the Keras QAT model ({packed['max_abs_error']:.3g} once its "
+        "weights are stored as INT8 by the quant step)"
+    )
     if check["cosine"] < 0.99:
-        raise PluginError(f"quant: the tf2onnx export differs from the Keras QAT model (cosine {check['cosine']:.4f})")
+        raise PluginError(
+            f"quant: the tf2onnx export differs from the Keras QAT model (cosine {check['cosine']:.4f})"
+        )
     set_metadata(proto, "edgeplug.quant.qat", json.dumps({"epochs": trained.epochs, "source": path.name}))
     loaded = Model(proto, source=path)
     loaded.check()
@@ -197,7 +221,9 @@ def export(model: Any, data: TrainingData, tf: Any, tf2onnx: Any) -> onnx.ModelP
     try:
         proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=EXPORT_OPSET)
     except Exception as exc:
-        raise PluginError(f"quant: tf2onnx could not export the QAT model: {type(exc).__name__}: {_first(exc)}") from None
+        raise PluginError(
+            f"quant: tf2onnx could not export the QAT model: {type(exc).__name__}: {_first(exc)}"
+        ) from None
     return proto
 
 
