@@ -197,6 +197,8 @@ def main() -> None:
     parser.add_argument("--models", default="resnet50,yolov5s,bert_base")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other models' rows of an earlier results file (same date and machine)")
     args = parser.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
     results: dict[str, Any] = {
@@ -266,6 +268,14 @@ def main() -> None:
         }
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
+    earlier = out / "perf_table.json"
+    if args.merge and earlier.exists():
+        previous = json.loads(earlier.read_text())
+        merged = {k: v for k, v in previous["models"].items() if k not in results["models"]}
+        merged.update(results["models"])
+        order = [m for m in CHAINS if m in merged]
+        results["models"] = {m: merged[m] for m in order}
+        results["merged_from"] = previous["date"]
     (out / "perf_table.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     md = markdown(results, threads)
     (out / "perf_table.md").write_text(md)

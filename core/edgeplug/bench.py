@@ -56,14 +56,19 @@ def measure(
 
 
 def compare(
-    paths: Sequence[Path], threads: int = 1, runs: int = 50, warmup: int = 5, progress: bool = True
+    paths: Sequence[Path],
+    threads: int = 1,
+    runs: int = 50,
+    warmup: int = 5,
+    progress: bool = True,
+    inputs: dict[str, np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
     """Measure several models one after the other; ratios are against the first."""
     from .progress import progress as bar
 
     rows = []
     for path in bar(paths, "benchmark", quiet=not progress):
-        result = measure(Path(path), threads, runs, warmup)
+        result = measure(Path(path), threads, runs, warmup, inputs=inputs)
         result["model"] = str(path)
         result["size_bytes"] = Path(path).stat().st_size
         rows.append(result)

@@ -211,15 +211,34 @@ def inspect(model: Path, as_json: bool) -> None:
 @click.option("--threads", type=int, default=1, show_default=True)
 @click.option("--runs", type=int, default=50, show_default=True)
 @click.option("--warmup", type=int, default=5, show_default=True)
+@click.option(
+    "--inputs",
+    "inputs_path",
+    type=click.Path(path_type=Path),
+    help=".npz whose first sample feeds every model (default: generated from the input spec).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def bench(models: tuple[Path, ...], threads: int, runs: int, warmup: int, as_json: bool) -> None:
+def bench(
+    models: tuple[Path, ...], threads: int, runs: int, warmup: int, inputs_path: Path | None, as_json: bool
+) -> None:
     """Latency p50/p90 and memory of each model side by side, with ratios against the first."""
     from . import bench as bench_mod
+    from .data import read_arrays, to_samples
+    from .errors import DataError
     from .model import Model
 
-    for path in models:
-        Model.load(path)  # refuse broken files with one line before timing anything
-    rows = bench_mod.compare(list(models), threads, runs, warmup)
+    loaded = [Model.load(path) for path in models]  # refuse broken files with one line before timing
+    if inputs_path is not None:
+        arrays, _ = read_arrays(inputs_path, loaded[0])
+        feed = to_samples(arrays, loaded[0], str(inputs_path))[0]
+    else:
+        for spec in loaded[0].inputs:
+            if any(not isinstance(d, int) for d in spec.shape[1:]):
+                raise DataError(
+                    f"input {spec.name} has a dynamic dimension ({spec.describe()}); pass --inputs X.npz"
+                )
+        feed = None
+    rows = bench_mod.compare(list(models), threads, runs, warmup, inputs=feed)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

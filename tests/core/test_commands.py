@@ -103,3 +103,25 @@ def test_infer_refuses_mismatched_inputs_and_non_guards(example_model, tmp_path)
         pass
     with pytest.raises(edgeplug.OptionError):
         edgeplug.infer(example_model, {"input": np.zeros((1, 1, 8, 8), np.float32)}, guards=["nope"])
+
+
+def test_bench_takes_inputs_for_dynamic_dimensions(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "S"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S"])],
+    )
+    path = tmp_path / "dyn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    refused = invoke("bench", path, "--runs", "3")
+    assert refused.exit_code == 2
+    assert "dynamic dimension" in refused.output and "pass --inputs" in refused.output
+    npz = tmp_path / "x.npz"
+    np.savez(npz, x=np.ones((2, 7), np.float32))
+    ok = invoke("bench", path, "--runs", "3", "--inputs", npz, "--json")
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)[0]["p50_ms"] > 0

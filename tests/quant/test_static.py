@@ -398,3 +398,12 @@ def test_batchnorm_that_cannot_be_folded_gets_a_hint(tmp_path):
     assert result.exit_code == 0, result.output
     assert "put `fuse` before `quant`" in result.output
     assert _quant_step(_report(tmp_path / "out"))["details"]["batchnorm_remaining"] == 1
+
+
+def test_data_random_means_static_with_a_warning(example_model, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("run", example_model, "--plugins", "fuse,quant", "--data", "random", "--output-dir", out)
+    assert result.exit_code == 0, result.output
+    step = json.loads((out / "report.json").read_text())["steps"][-1]
+    assert step["details"]["mode"] == "static"
+    assert "random data" in result.output

@@ -87,6 +87,11 @@ def transform_graph(model: Model, ctx: RunContext) -> Model | None:
     ctx.record("mode", mode)
     ctx.record("mode_reason", why)
     ctx.log(f"mode {mode} ({why})")
+    if mode == "dynamic" and any(n.op_type == "Conv" for n in model.proto.graph.node):
+        ctx.log(
+            "warning: dynamic INT8 convolutions (ConvInteger) run slower than float on onnxruntime's CPU "
+            "kernels (ResNet-50 here: 5x slower); pass --data for static INT8"
+        )
     budget = budget_of(ctx)
 
     prepared = prepare(model.proto)
@@ -119,6 +124,10 @@ def transform_graph(model: Model, ctx: RunContext) -> Model | None:
             return nothing_quantized(recipe, ctx)
         save_table(recipe, opts, ctx)
 
+    if mode == "dynamic":
+        # Inferred value_info left in a dynamically quantized model slows onnxruntime down: on BERT-base at
+        # 1 thread, 45.2 ms with it and 33.5 ms without (benchmarks/perf_table.py); onnxruntime re-infers.
+        del proto.graph.value_info[:]
     summary = recipe.summary()
     summary["compute_nodes"] = len(candidates(prepared.proto, Recipe(mode)))
     summary["op_counts"] = quantized_op_counts(proto)
@@ -192,6 +201,8 @@ def resolve_mode(ctx: RunContext) -> tuple[str, str]:
         return mode, "as given"
     if ctx.data is not None and ctx.data.source == "file":
         return "static", "real calibration data given"
+    if ctx.data is not None and ctx.data.source == "random":
+        return "static", "--data random: calibrated on random inputs, as asked"
     return "dynamic", "no real calibration data (pass --data FILE.npz for static INT8)"
 
 
