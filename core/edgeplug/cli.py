@@ -265,6 +265,9 @@ def bench(
 @click.option("--config", type=click.Path(path_type=Path))
 @click.option("--output", type=click.Path(path_type=Path), help="Write the outputs to this .npz.")
 @click.option("--threads", type=int, default=1, show_default=True)
+@click.option(
+    "--artifact", is_flag=True, help="Run the compiled artifact recorded beside MODEL (engine, C library)."
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def infer(
@@ -275,6 +278,7 @@ def infer(
     config: Path | None,
     output: Path | None,
     threads: int,
+    artifact: bool,
     as_json: bool,
     debug: bool,
 ) -> None:
@@ -282,7 +286,7 @@ def infer(
     from .inference import infer as run_infer
 
     names = [g for item in guards for g in _plugin_list(item)]
-    result = run_infer(model, input_path, names, _options(opts), config, threads)
+    result = run_infer(model, input_path, names, _options(opts), config, threads, artifact=artifact)
     if output:
         np.savez(output, **result.outputs)
     summary: dict[str, Any] = {

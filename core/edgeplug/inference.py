@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -9,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from . import plugins
-from .context import InferenceRequest, InferenceResult
+from .context import Artifact, InferenceRequest, InferenceResult, sha256_file
 from .data import check_names, conform, read_arrays
-from .errors import OptionError
+from .errors import ModelError, OptionError, PluginError
 from .model import Model
 from .options import read_config, resolve
 from .pipeline import CORE
@@ -25,8 +26,11 @@ def infer(
     options: Mapping[str, Mapping[str, Any]] | None = None,
     config: Path | None = None,
     threads: int = 1,
+    artifact: bool = False,
 ) -> InferenceResult:
-    """Run `model` on `inputs` (a dict or a .npz) through the selected guard plugins, outermost first."""
+    """Run `model` on `inputs` (a dict or a .npz) through the selected guard plugins, outermost first.
+    With `artifact=True` the compiled artifact recorded in the model's sidecar (an engine, a C library)
+    runs instead of the .onnx, through the `make_runner` of the plugin that can run it."""
     pm = plugins.load_plugins()
     guards = list(guards)
     plugins.check_selection(pm, guards)
@@ -49,21 +53,56 @@ def infer(
     split = _splits_batch(loaded, feed)
     sessions: list[Any] = []
 
+    compiled = recorded_artifact(path) if artifact else None
+    runner = pm.hook.make_runner(artifact=compiled, options={"threads": threads}) if compiled else None
+    if compiled is not None and runner is None:
+        raise PluginError(
+            f"no installed plugin can run the {compiled.kind} artifact of {path} on this machine"
+        )
+
     def run(feed_: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        count = len(next(iter(feed_.values())))
+        samples = [{k: v[i : i + 1] for k, v in feed_.items()} for i in range(count)] if split else [feed_]
+        if runner is not None:  # compiled artifacts run one sample at a time, as verification ran them
+            outputs = [runner({k: v[i : i + 1] for k, v in feed_.items()}) for i in range(count)]
+            return {k: np.concatenate([np.asarray(o[k]) for o in outputs]) for k in outputs[0]}
         if not sessions:  # created on first use: a guard that runs the model elsewhere never pays for it
             sessions.append(session(loaded.serialized(), threads))
-        if split:
-            count = len(next(iter(feed_.values())))
-            return run_all(sessions[0], [{k: v[i : i + 1] for k, v in feed_.items()} for i in range(count)])
-        return run_all(sessions[0], [feed_])
+        return run_all(sessions[0], samples)
 
     request = InferenceRequest(
-        model_path=path, inputs=feed, run=run, options=values, model=loaded, threads=threads
+        model_path=path,
+        inputs=feed,
+        run=run,
+        options=values,
+        model=loaded,
+        threads=threads,
+        artifact=compiled,
     )
     keep = {CORE, *guards}
     remove = [p for n, p in pm.list_name_plugin() if n not in keep]
     caller = pm.subset_hook_caller("guard_inference", remove_plugins=remove)
     return caller(request=request)
+
+
+def recorded_artifact(model: Path) -> Artifact:
+    """The compiled artifact that `edgeplug run` recorded in `<stem>.edgeplug.json`, its files' sha256 checked."""
+    sidecar = model.with_name(f"{model.stem}.edgeplug.json")
+    try:
+        record = json.loads(sidecar.read_text())["artifact"]
+    except (OSError, ValueError, KeyError, TypeError):
+        record = None
+    if not record or record.get("kind") in (None, "onnx") or "paths" not in record:
+        raise ModelError(
+            f"{model}: its sidecar {sidecar.name} records no compiled artifact (run a compile plugin)"
+        )
+    files = tuple(model.parent / p for p in record["paths"])
+    for file in files:
+        if not file.is_file():
+            raise ModelError(f"artifact file {file} recorded for {model.name} is missing")
+        if sha256_file(file) != record["files"].get(file.name):
+            raise ModelError(f"artifact file {file} does not match its recorded sha256: tampered or replaced")
+    return Artifact(record["kind"], files, dict(record["files"]), dict(record.get("info") or {}))
 
 
 def _inputs(inputs: Mapping[str, np.ndarray] | str | Path, model: Model) -> dict[str, np.ndarray]:

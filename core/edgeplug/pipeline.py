@@ -255,7 +255,12 @@ class Pipeline:
             "sha256": digest,
             "external_data": {data_file.name: sha256_file(data_file)} if data_file.exists() else {},
             "steps": list(model.history),
-            "artifact": {"kind": artifact.kind, "files": {k: v for k, v in artifact.sha256.items()}}
+            "artifact": {
+                "kind": artifact.kind,
+                "files": dict(artifact.sha256),
+                "paths": [_relative(f, self.out) for f in artifact.files],
+                "info": {k: v for k, v in artifact.info.items() if k != "tolerance"},
+            }
             if artifact
             else None,
         }
@@ -398,6 +403,13 @@ class Pipeline:
             raise VerificationError(
                 f"compiled {artifact.kind} differs from the model: {'; '.join(failures)}", step=self.compiler
             )
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def bought(

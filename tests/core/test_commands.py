@@ -125,3 +125,36 @@ def test_bench_takes_inputs_for_dynamic_dimensions(tmp_path):
     ok = invoke("bench", path, "--runs", "3", "--inputs", npz, "--json")
     assert ok.exit_code == 0, ok.output
     assert json.loads(ok.stdout)[0]["p50_ms"] > 0
+
+
+def test_infer_runs_the_recorded_artifact(tiny_model, tmp_path):
+    from .plugins_for_tests import ExternalData
+
+    x = np.random.default_rng(0).random((3, 3, 8, 8), dtype=np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    with registered((ExternalData(), "ext")):
+        # offset 0: the artifact passes verification at run time; the runner adds the offset at infer time
+        ran = invoke("run", tiny_model, "--plugins", "ext", "--output-dir", tmp_path / "out")
+        assert ran.exit_code == 0, ran.output
+        final = tmp_path / "out" / "tiny.onnx"
+        plain = edgeplug.infer(final, tmp_path / "x.npz")
+        compiled = edgeplug.infer(final, tmp_path / "x.npz", artifact=True)
+        assert compiled.outputs["logits"].shape == (3, 5)
+        np.testing.assert_allclose(compiled.outputs["logits"], plain.outputs["logits"], rtol=1e-5, atol=1e-6)
+        sidecar_path = tmp_path / "out" / "tiny.edgeplug.json"
+        sidecar = json.loads(sidecar_path.read_text())
+        assert sidecar["artifact"]["paths"] == ["external/model.onnx", "external/weights.bin"]
+        # proof that the artifact's runner, not onnxruntime on the .onnx, served the request
+        sidecar["artifact"]["info"]["offset"] = 0.5
+        sidecar_path.write_text(json.dumps(sidecar))
+        shifted = edgeplug.infer(final, tmp_path / "x.npz", artifact=True)
+        np.testing.assert_allclose(
+            shifted.outputs["logits"], plain.outputs["logits"] + 0.5, rtol=1e-5, atol=1e-5
+        )
+        weights = tmp_path / "out" / "external" / "weights.bin"
+        weights.write_bytes(weights.read_bytes()[:-4] + b"\x00\x00\x80\x3f")
+        tampered = invoke("infer", final, "--input", tmp_path / "x.npz", "--artifact")
+    assert tampered.exit_code == 2
+    assert "does not match its recorded sha256" in tampered.output
+    missing = invoke("infer", tiny_model, "--input", tmp_path / "x.npz", "--artifact")
+    assert missing.exit_code == 2 and "records no compiled artifact" in missing.output

@@ -193,6 +193,13 @@ def _runner(request: InferenceRequest, verified: integrity.Verified, opts: dict[
     """The model runs from the verified bytes: in the isolated worker, or in a session of this process, with
     the caller's thread count (`edgeplug infer --threads`, `edgeplug.infer(threads=...)`)."""
     threads = max(int(request.threads), 1)
+    if request.artifact is not None:  # `edgeplug infer --artifact`: the core's run is the artifact's runner
+        if opts["isolate"]:
+            raise OptionError(
+                "security: the isolated worker runs .onnx models only; to guard a compiled artifact "
+                "(--artifact) pass -o security.isolate=false"
+            )
+        return request.run
     if opts["isolate"]:
         key = isolation.model_key(
             request.model_path,
