@@ -16,12 +16,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-TYPES = ("bool", "int", "float", "str", "list", "path")
+TYPES = ("bool", "int", "float", "str", "list", "path", "callable")
 
 
 @dataclass(frozen=True)
 class Option:
-    """One option a plugin accepts. `type` is one of bool, int, float, str, list, path."""
+    """One option a plugin accepts. `type` is one of bool, int, float, str, list, path, callable (a Python
+    callable from the API, or a 'module:function' string from the command line that the plugin imports)."""
 
     name: str
     type: str
@@ -40,6 +41,8 @@ class Option:
             parsed = _convert(self.type, value)
         except (TypeError, ValueError):
             expect = f"one of {', '.join(self.choices)}" if self.choices else f"a {self.type}"
+            if self.type == "callable":
+                expect = "a Python callable or 'module:function'"
             raise OptionError(f"bad value {value!r} for {where}: expected {expect}") from None
         if self.choices and parsed is not None:
             items = parsed if isinstance(parsed, list) else [parsed]
@@ -79,6 +82,10 @@ def _convert(kind: str, value: Any) -> Any:
         return [part.strip() for part in str(value).split(",") if part.strip()]
     if kind == "path":
         return Path(str(value)).expanduser()
+    if kind == "callable":
+        if callable(value) or isinstance(value, str):
+            return value
+        raise TypeError(value)
     return str(value)
 
 

@@ -214,3 +214,13 @@ def test_tolerances_out_of_range_are_refused(tiny_model, tmp_path, tag_plugin, o
         ["run", tiny_model, "--plugins", "scale", "-o", option, "--output-dir", tmp_path / "o"], tiny_model
     )
     assert option.split("=")[0] in line and "expected a number" in line
+
+
+def test_callable_options_take_callables_or_import_strings():
+    from edgeplug import Option, OptionError
+
+    opt = Option("metric", "callable", None, "a metric")
+    assert opt.parse(len, "p") is len
+    assert opt.parse("pkg.mod:fn", "p") == "pkg.mod:fn"
+    with pytest.raises(OptionError, match="a Python callable or 'module:function'"):
+        opt.parse(5, "p")

@@ -142,3 +142,24 @@ def test_a_budget_plain_int8_meets_keeps_nothing_in_float(tmp_path):
     )
     mixed = _step(result.report)["details"]["mixed_precision"]
     assert mixed["kept_float"] == [] and mixed["sensitivity"] == []
+
+
+def test_a_user_metric_given_as_a_python_callable(outlier_net, tmp_path):
+    path, data = outlier_net
+    calls = []
+
+    def agreement(reference, candidate, labels):
+        calls.append(1)
+        return float(np.mean(reference["logits"].argmax(1) == candidate["logits"].argmax(1)))
+
+    result = edgeplug.optimize(
+        path,
+        ["quant"],
+        data=data,
+        output_dir=tmp_path / "callable",
+        options={"quant": {"metric": agreement, "min_metric": 0.97}},
+    )
+    mixed = _step(result.report)["details"]["mixed_precision"]
+    assert calls and mixed["budget"]["metric"].endswith("agreement")
+    assert mixed["final"]["metric"] >= 0.97 > mixed["plain"]["metric"]
+    assert mixed["kept_float"] == ["outlier_fc"]

@@ -59,9 +59,9 @@ OPTIONS: list[Option] = [
     Option("qat_batch_size", "int", 32, "batch size of quantization-aware training"),
     Option(
         "metric",
-        "str",
+        "callable",
         None,
-        "budget metric 'module:function' or 'file.py:function', called (reference, candidate, labels)"
+        "budget metric: a Python callable, or 'module:function' / 'file.py:function', called (reference, candidate, labels)"
         " -> float, higher is better; drives the mixed-precision search with min_metric",
     ),
     Option("min_metric", "float", None, "smallest value of `metric` the quantized model may score"),

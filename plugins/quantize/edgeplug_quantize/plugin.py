@@ -225,8 +225,9 @@ def budget_of(ctx: RunContext) -> Budget | None:
     user = set(ctx.tolerance.user_set) & set(SEARCH_KEYS)
     if not user and metric_spec is None:
         return None
-    metric = load_metric(metric_spec) if metric_spec else None
-    return Budget(ctx.tolerance, metric, min_metric, metric_spec)
+    metric = (metric_spec if callable(metric_spec) else load_metric(metric_spec)) if metric_spec else None
+    name = metric_spec if isinstance(metric_spec, str) else getattr(metric_spec, "__qualname__", repr(metric_spec))
+    return Budget(ctx.tolerance, metric, min_metric, name)
 
 
 def build_recipe(
