@@ -33,6 +33,9 @@ class Group(click.Group):
             _fail(exc, EXIT_USER, debug)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
+        except BrokenPipeError:  # `edgeplug plugins | head`: the reader went away, nothing to report
+            sys.stderr.close()
+            sys.exit(0)
         except KeyboardInterrupt:
             click.echo("edgeplug: interrupted", err=True)
             sys.exit(130)
