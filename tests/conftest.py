@@ -67,6 +67,46 @@ def tiny_model(tmp_path: Path) -> Path:
     return path
 
 
+def quantize_example(
+    out: Path,
+    source: Path = EXAMPLES / "digits_cnn.onnx",
+    *,
+    samples: np.ndarray | None = None,
+    per_channel: bool = True,
+    activations: str = "u8",
+    symmetric: bool = False,
+    quantize_bias: bool = True,
+) -> Path:
+    """A QDQ model made by onnxruntime's own quantize_static (s8 weights; activations u8 or s8, symmetric
+    or not; biases int32 or left float), calibrated on `samples` (default: 32 training digits)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    images = np.load(EXAMPLES / "digits_train.npz")["input"][:32] if samples is None else samples
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter([{"input": images[i : i + 1].astype(np.float32)} for i in range(len(images))])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.feeds, None)
+
+    quantize_static(
+        str(source),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=per_channel,
+        activation_type=QuantType.QUInt8 if activations == "u8" else QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        extra_options={
+            "ActivationSymmetric": symmetric,
+            "WeightSymmetric": True,
+            "QuantizeBias": quantize_bias,
+        },
+    )
+    return out
+
+
 @contextlib.contextmanager
 def registered(*pairs: tuple[object, str]) -> Iterator[None]:
     """Register in-process plugins for the duration of a test, always unregistering them."""

@@ -16,7 +16,7 @@ from .errors import ModelError, OptionError, PluginError
 from .model import Model
 from .options import read_config, resolve
 from .pipeline import CORE
-from .runtime import run_all, session
+from .runtime import run_all, run_each, session
 
 
 def infer(
@@ -44,7 +44,7 @@ def infer(
                 given.setdefault(plugin, {}).update(table)
     for plugin, table in (options or {}).items():
         given.setdefault(plugin, {}).update(table)
-    schemas = {name: plugins.options_schema(pm, name) for name in plugins.names(pm)}
+    schemas = plugins.schemas_for(pm, guards, given)
     values, _ = resolve(schemas, guards, given)
 
     path = Path(model)
@@ -60,15 +60,15 @@ def infer(
             f"no installed plugin can run the {compiled.kind} artifact of {path} on this machine"
         )
 
+    def one_by_one(feed_: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        return [{k: v[i : i + 1] for k, v in feed_.items()} for i in range(len(next(iter(feed_.values()))))]
+
     def run(feed_: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        count = len(next(iter(feed_.values())))
-        samples = [{k: v[i : i + 1] for k, v in feed_.items()} for i in range(count)] if split else [feed_]
         if runner is not None:  # compiled artifacts run one sample at a time, as verification ran them
-            outputs = [runner({k: v[i : i + 1] for k, v in feed_.items()}) for i in range(count)]
-            return {k: np.concatenate([np.asarray(o[k]) for o in outputs]) for k in outputs[0]}
+            return run_each(runner, one_by_one(feed_))
         if not sessions:  # created on first use: a guard that runs the model elsewhere never pays for it
             sessions.append(session(loaded.serialized(), threads))
-        return run_all(sessions[0], samples)
+        return run_all(sessions[0], one_by_one(feed_) if split else [feed_])
 
     request = InferenceRequest(
         model_path=path,

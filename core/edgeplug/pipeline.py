@@ -19,6 +19,7 @@ from .errors import EdgeplugError, ModelError, OptionError, PluginError, Verific
 from .model import Model
 from .options import Tolerance, check_tolerance_values, read_config, resolve, split_tolerance
 from .report import new_report, print_summary, write_json
+from .runtime import run_each
 
 CORE = "core"
 
@@ -87,8 +88,9 @@ class Pipeline:
         self.pm = plugins.load_plugins()
         self.chain = tuple(settings.plugins)
         plugins.check_selection(self.pm, list(self.chain))
-        schemas = {name: plugins.options_schema(self.pm, name) for name in plugins.names(self.pm)}
-        values, user_keys = resolve(schemas, self.chain, merged_options(settings))
+        given = merged_options(settings)
+        schemas = plugins.schemas_for(self.pm, list(self.chain), given)
+        values, user_keys = resolve(schemas, self.chain, given)
         self.user_keys = {name: frozenset(keys) for name, keys in user_keys.items()}
         self.options: dict[str, dict[str, Any]] = {}
         self.tolerances: dict[str, Tolerance] = {}
@@ -125,15 +127,14 @@ class Pipeline:
             "bench": s.bench,
         }
 
-    def ctx(self, plugin: str, data: Dataset | None = None) -> RunContext:
-        workdir = self.out
+    def ctx(self, plugin: str) -> RunContext:
         return RunContext(
             plugin=plugin,
             options=self.options.get(plugin, {}),
             tolerance=self.tolerances.get(plugin, Tolerance()),
-            data=data if data is not None else self.data,  # type: ignore[arg-type]
+            data=self.data,  # type: ignore[arg-type]  # None only during load_model
             chain=self.chain,
-            workdir=workdir,
+            workdir=self.out,
             threads=self.settings.threads,
             seed=self.settings.seed,
             details=self.details.setdefault(plugin, {}),
@@ -323,10 +324,8 @@ class Pipeline:
         except EdgeplugError as exc:
             entry.update(status="failed", error=str(exc))
             return entry, None, None
-        vs_prev = verify.compare(prev_out, new_out)
-        failures = verify.check(vs_prev, ctx.tolerance)
+        vs_prev, failures = verify.evaluate(prev_out, new_out, ctx.tolerance)
         vs_orig = verify.compare(original_out, new_out)
-        verify.check(vs_orig, Tolerance())
         entry["verification"] = {
             "vs_previous": vs_prev,
             "vs_original": vs_orig,
@@ -387,13 +386,8 @@ class Pipeline:
         runner = self.pm.hook.make_runner(artifact=artifact, options={"threads": self.settings.threads})
         if runner is None or artifact.kind == "onnx":
             return
-        outputs: dict[str, list[np.ndarray]] = {}
-        for sample in self.data.validation:
-            for key, value in runner(sample).items():
-                outputs.setdefault(key, []).append(np.asarray(value))
-        got = {k: np.concatenate(v, axis=0) for k, v in outputs.items()}
-        metrics = verify.compare(final_out, got)
-        failures = verify.check(metrics, tol)
+        got = run_each(runner, self.data.validation)
+        metrics, failures = verify.evaluate(final_out, got, tol)
         self.report["compile"]["verification"] = {
             "vs_final_model": metrics,
             "passed": not failures,

@@ -120,6 +120,18 @@ def options_schema(pm: pluggy.PluginManager, plugin: str) -> dict[str, Option]:
     return schema_for(flat)
 
 
+def schemas_for(
+    pm: pluggy.PluginManager, selected: list[str], given: dict[str, Any]
+) -> dict[str, dict[str, Option]]:
+    """Option tables of the selected plugins and of those the user gave options for (only those: a
+    plugin the run does not touch cannot break it); options for an unknown plugin are refused."""
+    known = names(pm)
+    for plugin in given:
+        if plugin not in known:
+            raise OptionError(f"options given for unknown plugin {plugin!r}: {suggest(plugin, known)}")
+    return {name: options_schema(pm, name) for name in dict.fromkeys([*selected, *given])}
+
+
 def check_selection(pm: pluggy.PluginManager, selected: list[str]) -> None:
     """Unknown or broken names are refused with the closest known names."""
     known = names(pm)
@@ -142,6 +154,10 @@ def describe(pm: pluggy.PluginManager) -> list[PluginInfo]:
             continue
         hooks = tuple(sorted(c.name for c in pm.get_hookcallers(plugin) or []))
         dist, version = _dists.get(name, ("?", "?"))
-        options = {} if name in DEFAULT_PLUGINS else options_schema(pm, name)
+        try:
+            options = {} if name in DEFAULT_PLUGINS else options_schema(pm, name)
+        except Exception as exc:  # a buggy plugin_options must not take `edgeplug plugins` down
+            _broken[name] = f"plugin {name!r} failed to list its options: {type(exc).__name__}: {exc}"
+            options = {}
         infos.append(PluginInfo(name, dist, version, hooks, options))
     return infos

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,18 +35,29 @@ def session(
 
 
 def run_all(sess: ort.InferenceSession, samples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Run every sample and concatenate each output along the batch axis."""
+    """Run every sample through an onnxruntime session and concatenate each output along the batch axis."""
     names = [o.name for o in sess.get_outputs()]
-    collected: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for sample in samples:
+
+    def run(sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
-            results = sess.run(names, sample)
+            return dict(zip(names, sess.run(names, sample)))
         except Exception as exc:
             raise EdgeplugError(
                 f"onnxruntime failed to run the model: {str(exc).strip().splitlines()[0]}"
             ) from None
-        for name, value in zip(names, results):
-            collected[name].append(np.asarray(value))
+
+    return run_each(run, samples)
+
+
+def run_each(
+    runner: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]],
+    samples: Sequence[dict[str, np.ndarray]],
+) -> dict[str, np.ndarray]:
+    """Call `runner` (a session, or a compiled artifact's runner) on each sample; concatenate the outputs."""
+    collected: dict[str, list[np.ndarray]] = {}
+    for sample in samples:
+        for name, value in runner(sample).items():
+            collected.setdefault(name, []).append(np.asarray(value))
     return {n: _concat(v) for n, v in collected.items()}
 
 

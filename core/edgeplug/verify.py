@@ -24,11 +24,19 @@ def is_logits(array: np.ndarray) -> bool:
     return array.ndim == 2 and array.shape[1] >= 2 and array.dtype.kind == "f"
 
 
+def evaluate(
+    reference: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray], tol: Tolerance
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """compare() then check(): the metrics per output and the failed criteria."""
+    metrics = compare(reference, actual, tol)
+    return metrics, check(metrics, tol)
+
+
 def compare(
-    reference: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray]
+    reference: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray], tol: Tolerance | None = None
 ) -> dict[str, dict[str, Any]]:
-    """Per output: max_abs_error, mean_rel_error (mean |d| over mean |ref|), cosine, top1 (logits only),
-    and the worst ratio |d| / (atol + rtol*|ref|) needed by the elementwise check."""
+    """Per output: max_abs_error, mean_rel_error (mean |d| over mean |ref|), cosine, top1 (logits only);
+    with an elementwise tolerance also how many values break |d| <= atol + rtol*|ref| (`mismatched`)."""
     metrics: dict[str, dict[str, Any]] = {}
     for name, ref in reference.items():
         if name not in actual:
@@ -50,9 +58,11 @@ def compare(
         }
         if is_logits(ref):
             entry["top1"] = float(np.mean(ref.argmax(1) == got.argmax(1)))
+        if tol is not None and tol.elementwise:
+            bad = ~(diff <= (tol.atol or 0.0) + (tol.rtol or 0.0) * np.abs(r))
+            entry["mismatched"] = int(bad.sum())
+            entry["mismatched_fraction"] = float(bad.mean()) if bad.size else 0.0
         metrics[name] = entry
-        metrics[name]["_abs"] = diff
-        metrics[name]["_ref"] = np.abs(r)
     return metrics
 
 
@@ -66,10 +76,9 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def check(metrics: dict[str, dict[str, Any]], tol: Tolerance) -> list[str]:
-    """The failed criteria, one sentence each; strips the private arrays from `metrics`."""
+    """The failed criteria, one sentence each. An elementwise tolerance needs compare(..., tol)."""
     failures: list[str] = []
     for name, m in metrics.items():
-        diff, ref = m.pop("_abs", None), m.pop("_ref", None)
         if m.get("missing"):
             failures.append(f"output {name} is missing")
             continue
@@ -80,14 +89,16 @@ def check(metrics: dict[str, dict[str, Any]], tol: Tolerance) -> list[str]:
             continue
         if not m["finite"]:
             failures.append(f"output {name} has NaN or Inf values the reference does not have")
-        if tol.elementwise and diff is not None:
-            atol, rtol = tol.atol or 0.0, tol.rtol or 0.0
-            bad = diff > atol + rtol * ref
-            m["mismatched_fraction"] = float(bad.mean()) if bad.size else 0.0
-            if bad.any():
+        if tol.elementwise:
+            if "mismatched" not in m:
+                raise ValueError(
+                    "an elementwise tolerance needs the metrics of compare(reference, actual, tol)"
+                )
+            if m["mismatched"]:
                 failures.append(
-                    f"output {name}: {int(bad.sum())} of {bad.size} values differ by more than "
-                    f"atol {atol:g} + rtol {rtol:g}*|ref| (max abs error {m['max_abs_error']:.3g})"
+                    f"output {name}: {m['mismatched']} values ({m['mismatched_fraction']:.2%}) differ by more "
+                    f"than atol {tol.atol or 0:g} + rtol {tol.rtol or 0:g}*|ref| "
+                    f"(max abs error {m['max_abs_error']:.3g})"
                 )
         # written as "not (x >= bound)" so that a NaN metric fails instead of passing
         if tol.max_abs_error is not None and not m["max_abs_error"] <= tol.max_abs_error:
@@ -119,6 +130,13 @@ def first_divergence(
         got = _all_tensors(after, sample)
     except Exception as exc:
         return {"error": f"could not compare intermediate outputs: {exc}"}
+    any_criterion = tol.elementwise or tol.min_cosine is not None or tol.max_abs_error is not None
+    # top-1 means nothing on intermediate tensors, so only the numeric criteria localise a divergence
+    criterion = (
+        Tolerance(min_cosine=tol.min_cosine, max_abs_error=tol.max_abs_error, rtol=tol.rtol, atol=tol.atol)
+        if any_criterion
+        else Tolerance(min_cosine=0.999)
+    )
     compared = 0
     for node in after.proto.graph.node:
         for tensor in node.output:
@@ -128,24 +146,14 @@ def first_divergence(
             if a.shape != b.shape or a.dtype.kind != "f" or b.dtype.kind != "f":
                 continue
             compared += 1
-            diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
-            cos = cosine(a.ravel().astype(np.float64), b.ravel().astype(np.float64))
-            bad = False
-            if tol.elementwise:
-                bad = bool((diff > (tol.atol or 0.0) + (tol.rtol or 0.0) * np.abs(a)).any())
-            if tol.min_cosine is not None:
-                bad = bad or cos < tol.min_cosine
-            if tol.max_abs_error is not None:
-                bad = bad or float(diff.max(initial=0.0)) > tol.max_abs_error
-            if not (tol.elementwise or tol.min_cosine is not None or tol.max_abs_error is not None):
-                bad = cos < 0.999
-            if bad:
+            metrics, failures = evaluate({tensor: a}, {tensor: b}, criterion)
+            if failures:
                 return {
                     "node": node.name or f"<unnamed {node.op_type}>",
                     "op_type": node.op_type,
                     "tensor": tensor,
-                    "max_abs_error": float(diff.max(initial=0.0)),
-                    "cosine": cos,
+                    "max_abs_error": metrics[tensor]["max_abs_error"],
+                    "cosine": metrics[tensor]["cosine"],
                     "tensors_compared": compared,
                 }
     return {"node": None, "tensors_compared": compared}

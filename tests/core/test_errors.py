@@ -224,3 +224,27 @@ def test_callable_options_take_callables_or_import_strings():
     assert opt.parse("pkg.mod:fn", "p") == "pkg.mod:fn"
     with pytest.raises(OptionError, match="a Python callable or 'module:function'"):
         opt.parse(5, "p")
+
+
+def test_a_bug_in_a_plugin_outside_a_step_is_exit_3_with_one_line(tiny_model, tmp_path, tag_plugin):
+    from edgeplug import hookimpl
+
+    class BrokenOptions:
+        @hookimpl
+        def plugin_options(self):
+            raise KeyError("oops")
+
+    with registered((BrokenOptions(), "broken_options")):
+        result = CliRunner().invoke(
+            main, ["run", str(tiny_model), "--plugins", "broken_options", "--output-dir", str(tmp_path / "o")]
+        )
+        unaffected = CliRunner().invoke(
+            main, ["run", str(tiny_model), "--plugins", "a", "--output-dir", str(tmp_path / "o2")]
+        )
+        listing = CliRunner().invoke(main, ["plugins"])
+    assert result.exit_code == 3
+    assert result.output.strip() == "edgeplug: error: internal error: KeyError: 'oops' (rerun with --debug)"
+    assert unaffected.exit_code == 0, unaffected.output  # a run that does not select it is not broken by it
+    assert (
+        listing.exit_code == 0 and "broken_options  BROKEN: plugin 'broken_options' failed" in listing.output
+    )

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import edgeplug
-import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
 from click.testing import CliRunner
 from edgeplug.cli import main
 from edgeplug_fuse import cleanup
+
+from tests.conftest import quantize_example
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "examples" / "digits_cnn.onnx"
@@ -25,34 +26,7 @@ QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 @pytest.fixture(scope="module")
 def qdq_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The example CNN quantized to QDQ by onnxruntime.quantization.quantize_static."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    with np.load(TEST_DATA) as npz:
-        x = npz["input"][:32]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.feeds = iter([{"input": x[i : i + 1]} for i in range(len(x))])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.feeds, None)
-
-    path = tmp_path_factory.mktemp("qdq") / "digits_qdq.onnx"
-    quantize_static(
-        str(DIGITS),
-        str(path),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-    )
-    return path
+    return quantize_example(tmp_path_factory.mktemp("qdq") / "digits_qdq.onnx", DIGITS)
 
 
 def _qdq_nodes(proto: onnx.ModelProto) -> Counter[tuple[str, str]]:

@@ -12,6 +12,7 @@ import onnx
 import pytest
 
 from tests import zoo
+from tests.conftest import quantize_example
 from tests.neon.conftest import EXAMPLES, assert_close, fold_batchnorm, needs_aarch64, ort_outputs
 
 HAVE_FUSE = importlib.util.find_spec("edgeplug_fuse") is not None
@@ -73,31 +74,16 @@ def make_qdq(
 ) -> Path:
     """`source` with BN folded, statically quantized by onnxruntime: symmetric s8 per-channel weights and
     symmetric s8 activations (what quant emits when neon follows it), or asymmetric u8 activations."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
     folded = tmp_path / f"{source.stem}_folded.onnx"
     onnx.save(fold_batchnorm(onnx.load(source)), folded)
     train = np.load(EXAMPLES / "digits_train.npz")["input"][:64] if calibration is None else calibration
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter([{"input": x[None]} for x in train])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    out = tmp_path / f"{source.stem}_qdq.onnx"
-    quantize_static(
-        str(folded),
-        str(out),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+    return quantize_example(
+        tmp_path / f"{source.stem}_qdq.onnx",
+        folded,
+        samples=train,
+        activations="s8" if symmetric else "u8",
+        symmetric=symmetric,
     )
-    return out
 
 
 @needs_aarch64

@@ -15,38 +15,13 @@ from edgeplug.cli import main
 from edgeplug_prune.accounting import compare_layers, totals
 from edgeplug_prune.magnitude import has_float_weights
 
+from tests.conftest import quantize_example
 from tests.prune.conftest import DIGITS, TEST_DATA
 
 
 def _qdq_digits(path: Path) -> Path:
     """The example CNN quantized to QDQ by onnxruntime.quantization (weights behind DequantizeLinear)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    with np.load(TEST_DATA) as npz:
-        x = npz["input"][:32]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.feeds = iter([{"input": x[i : i + 1]} for i in range(len(x))])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.feeds, None)
-
-    quantize_static(
-        str(DIGITS),
-        str(path),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-    )
-    return path
+    return quantize_example(path, DIGITS)
 
 
 def test_quantized_model_is_refused_with_one_sentence(tmp_path: Path) -> None:

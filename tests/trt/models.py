@@ -9,38 +9,24 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-
-class _Reader:
-    """onnxruntime CalibrationDataReader over the example's training images."""
-
-    def __init__(self, images: np.ndarray) -> None:
-        self.items = iter([{"input": images[i : i + 1]} for i in range(len(images))])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self.items, None)
+from tests.conftest import quantize_example as shared_quantize_example
 
 
 def quantize_example(
     model: Path, train: Path, out: Path, symmetric: bool = True, signed: bool = True
 ) -> Path:
     """quantize_static in QDQ format: symmetric s8 (what TensorRT needs) by default; asymmetric and/or u8
-    activations (onnxruntime's own default) to test the refusals."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    images = np.load(train)["input"][:64].astype(np.float32)
-    reader = type("Reader", (_Reader, CalibrationDataReader), {})(images)
-    # TensorRT's DequantizeLinear takes int8 only: biases stay float (QuantizeBias=False).
-    extra = {"ActivationSymmetric": symmetric, "WeightSymmetric": True, "QuantizeBias": False}
-    quantize_static(
-        str(model),
-        str(out),
-        reader,
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QInt8 if signed else QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        extra_options=extra,
+    activations (onnxruntime's own default) to test the refusals. TensorRT's DequantizeLinear takes int8
+    only, so biases stay float."""
+    return shared_quantize_example(
+        out,
+        model,
+        samples=np.load(train)["input"][:64],
+        per_channel=False,
+        activations="s8" if signed else "u8",
+        symmetric=symmetric,
+        quantize_bias=False,
     )
-    return out
 
 
 def with_det(batch: str = "N") -> onnx.ModelProto:

@@ -164,20 +164,11 @@ def test_int32_bias_dequantize_is_folded_exactly(
     tmp_path: Path, example_model: Path, example_train_data: Path
 ) -> None:
     """onnxruntime's quantizer stores biases as int32 behind DequantizeLinear, which TensorRT cannot parse."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from tests.conftest import quantize_example as shared_quantize_example
 
-    from tests.trt.models import _Reader
-
-    images = np.load(example_train_data)["input"][:16].astype(np.float32)
-    quantize_static(
-        str(example_model),
-        str(tmp_path / "b.onnx"),
-        _Reader(images),
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+    images = np.load(example_train_data)["input"][:16]
+    shared_quantize_example(
+        tmp_path / "b.onnx", example_model, samples=images, activations="s8", symmetric=True
     )
     model = Model.load(tmp_path / "b.onnx")
     with pytest.raises(PluginError, match="int32 biases of"):

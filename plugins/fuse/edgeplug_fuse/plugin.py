@@ -202,11 +202,11 @@ def _encoder_within_tolerance(
     from edgeplug import verify
 
     samples = ctx.data.validation[:16]
-    metrics = verify.compare(
+    metrics, failures = verify.evaluate(
         verify.outputs_of(model, samples, ctx.threads),
         verify.outputs_of(model.replace(proto), samples, ctx.threads),
+        ctx.tolerance,
     )
-    failures = verify.check(metrics, ctx.tolerance)
     record["max_abs_error"] = max((m.get("max_abs_error", 0.0) for m in metrics.values()), default=0.0)
     if not failures:
         return True

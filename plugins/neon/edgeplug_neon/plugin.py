@@ -10,7 +10,7 @@ from typing import Any
 from edgeplug import Artifact, Model, Option, RunContext, Tolerance, hookimpl
 from edgeplug.context import Runner
 from edgeplug.errors import VerificationError
-from edgeplug.verify import check, compare, outputs_of
+from edgeplug.verify import evaluate, outputs_of
 
 from . import codegen, runner, support, toolchain
 from .lower import lower
@@ -189,8 +189,7 @@ def _verify(
             got = runner.run_host(builds["host"], io, samples)
         else:
             got = runner.run_qemu(tc, builds["aarch64_driver"], io, samples)
-        metrics = compare(reference, got)
-        failed = check(metrics, tolerance)
+        metrics, failed = evaluate(reference, got, tolerance)
         results[build] = {
             "metrics": metrics,
             "passed": not failed,

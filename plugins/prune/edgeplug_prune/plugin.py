@@ -9,7 +9,7 @@ from typing import Any
 import onnx
 from edgeplug import Model, Option, PluginError, RunContext, hookimpl
 from edgeplug.model import get_metadata
-from edgeplug.verify import check, compare, outputs_of
+from edgeplug.verify import evaluate, outputs_of
 
 from . import settings as config
 from .accounting import compare_layers, totals
@@ -73,8 +73,8 @@ def transform_graph(model: Model, ctx: RunContext) -> Model | None:
 
         def passes(sparsity: float) -> tuple[bool, dict[str, Any]]:
             proto, _ = build(sparsity)
-            metrics = compare(reference, outputs_of(model.replace(proto), ctx.data.validation, ctx.threads))
-            failures = check(metrics, ctx.tolerance)
+            candidate = outputs_of(model.replace(proto), ctx.data.validation, ctx.threads)
+            metrics, failures = evaluate(reference, candidate, ctx.tolerance)
             summary = {k: v for m in metrics.values() for k, v in m.items() if k in ("cosine", "top1")}
             return not failures, summary
 

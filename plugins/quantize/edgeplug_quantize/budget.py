@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from edgeplug import OptionError, Tolerance
-from edgeplug.verify import check, compare
+from edgeplug.verify import evaluate
 
 Outputs = Mapping[str, np.ndarray]
 Metric = Callable[[Outputs, Outputs, "np.ndarray | None"], float]
@@ -56,8 +56,7 @@ class Budget:
 
     def evaluate(self, reference: Outputs, candidate: Outputs, labels: np.ndarray | None) -> dict[str, Any]:
         """Per-output metrics, the failures (empty = within budget) and a scalar loss (lower is better)."""
-        metrics = compare(reference, candidate)
-        failures = check(metrics, self.tolerance)
+        metrics, failures = evaluate(reference, candidate, self.tolerance)
         cosines = [m["cosine"] for m in metrics.values() if "cosine" in m]
         top1s = [m["top1"] for m in metrics.values() if "top1" in m]
         result: dict[str, Any] = {
