@@ -6,6 +6,7 @@ Plugin authors need `hookimpl`, `Model`, `Option` and the errors; users `optimiz
 from __future__ import annotations
 
 from .api import optimize
+from .capabilities import Capabilities
 from .context import Artifact, InferenceRequest, InferenceResult, RunContext
 from .data import Dataset
 from .errors import (
@@ -21,12 +22,14 @@ from .errors import (
 from .hookspecs import hookimpl
 from .inference import infer
 from .model import Model
-from .options import Option, Tolerance
+from .options import Option, option
 from .plugins import load_plugins
+from .tolerance import Tolerance
 
 __version__ = "0.1.0"
 __all__ = [
     "Artifact",
+    "Capabilities",
     "DataError",
     "Dataset",
     "EdgeplugError",
@@ -47,4 +50,5 @@ __all__ = [
     "infer",
     "load_plugins",
     "optimize",
+    "option",
 ]

@@ -92,6 +92,20 @@ def main(debug: bool) -> None:
     show_default=True,
     help="A step that fails verification stops the run, or is dropped.",
 )
+@click.option(
+    "--metric",
+    "metrics",
+    multiple=True,
+    help="A task metric every step reports and is judged by: cosine, top1, top5, accuracy, detection, "
+    "embedding, or module:function / file.py:function (repeatable).",
+)
+@click.option(
+    "--budget",
+    "budgets",
+    multiple=True,
+    metavar="METRIC=VALUE",
+    help="The smallest value of a metric for every step, against the original model (repeatable).",
+)
 @click.option("--bench", is_flag=True, help="Measure latency after every step.")
 @click.option("--threads", type=int, default=1, show_default=True, help="onnxruntime intra-op threads.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for data splits and generation.")
@@ -108,6 +122,8 @@ def run(
     input_shapes: str | None,
     output_dir: Path | None,
     on_fail: str,
+    metrics: tuple[str, ...],
+    budgets: tuple[str, ...],
     bench: bool,
     threads: int,
     seed: int,
@@ -115,6 +131,7 @@ def run(
     debug: bool,
 ) -> None:
     """Optimize MODEL with the plugins in order, verifying every step."""
+    from .options import parse_budgets
     from .pipeline import Pipeline, RunSettings, parse_input_shapes
 
     settings = RunSettings(
@@ -132,6 +149,8 @@ def run(
         seed=seed,
         quiet=quiet,
         debug=debug,
+        metrics=list(metrics),
+        budgets=parse_budgets(budgets),
     )
     result = Pipeline(model, settings).run()
     click.echo(f"wrote {result.output_dir}/ (report.json, {Path(result.report['final']['path']).name})")

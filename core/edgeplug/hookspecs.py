@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from .capabilities import Capabilities
     from .context import Artifact, InferenceRequest, RunContext, Runner
     from .model import Model
     from .options import Option
@@ -22,9 +23,20 @@ hookimpl = pluggy.HookimplMarker("edgeplug")
 
 
 @hookspec
-def plugin_options() -> list[Option]:
-    """The plugin's options. An option named like a tolerance (min_cosine, min_top1, max_abs_error,
-    rtol, atol) sets the plugin's default verification budget; with none, steps must be exact."""
+def plugin_options() -> type | list[Option]:
+    """The plugin's options: a settings dataclass whose fields are declared with `edgeplug.option(...)`
+    (type from the annotation, default, help, choices, bounds; the plugin then gets an instance as
+    `ctx.settings`), or a list of Option. An option named like a tolerance (min_<metric> such as min_cosine, min_top1,
+    max_abs_error, rtol, atol, max_slice_error) sets the plugin's default verification budget; with none,
+    steps must be exact."""
+
+
+@hookspec(firstresult=True)
+def plugin_capabilities(options: dict[str, Any], downstream: frozenset[str]) -> Capabilities | None:
+    """What the plugin consumes, produces and removes (model forms) and, for a compile plugin, the
+    properties of its target, given its option values and the forms every later plugin consumes (so a
+    plugin that adapts declares what it will really produce); see edgeplug.capabilities. None: it takes
+    any model and adds nothing the others need to know about."""
 
 
 @hookspec(firstresult=True)

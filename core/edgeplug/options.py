@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import collections.abc
+import copy
+import dataclasses
 import difflib
+import os
+import re
 import sys
-from collections.abc import Iterable, Mapping
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,36 +29,137 @@ TYPES = ("bool", "int", "float", "str", "list", "path", "callable")
 @dataclass(frozen=True)
 class Option:
     """One option a plugin accepts. `type` is one of bool, int, float, str, list, path, callable (a Python
-    callable from the API, or a 'module:function' string from the command line that the plugin imports)."""
+    callable from the API, or a 'module:function' string from the command line that the plugin imports);
+    `choices` the allowed values, `minimum`/`maximum` inclusive bounds of a number."""
 
     name: str
     type: str
     default: Any
     help: str
     choices: tuple[str, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
 
     def __post_init__(self) -> None:
         if self.type not in TYPES:
             raise ValueError(f"option {self.name!r}: type must be one of {', '.join(TYPES)}")
 
+    def expectation(self) -> str:
+        """What a valid value is, in words: 'an integer from 0 to 5', 'one of fp32, fp16, int8'."""
+        if self.choices:
+            return f"one of {', '.join(self.choices)}"
+        noun = {"int": "an integer", "float": "a number (float)", "bool": "true or false", "callable": ""}.get(
+            self.type, f"a {self.type}"
+        )
+        if self.type == "callable":
+            return "a Python callable or 'module:function'"
+        if self.minimum is not None and self.maximum is not None:
+            return f"{noun} from {self.minimum:g} to {self.maximum:g}"
+        if self.minimum is not None:
+            return f"{noun} of at least {self.minimum:g}"
+        if self.maximum is not None:
+            return f"{noun} of at most {self.maximum:g}"
+        return noun
+
     def parse(self, value: Any, plugin: str) -> Any:
-        """Convert a CLI string (or a TOML value) to this option's type, or raise OptionError."""
-        where = f"{plugin}.{self.name}"
+        """Convert a CLI string (or a TOML value) to this option's type and check its bounds, or raise
+        OptionError naming PLUGIN.KEY, the value given and what is expected."""
         try:
             parsed = _convert(self.type, value)
         except (TypeError, ValueError):
-            expect = f"one of {', '.join(self.choices)}" if self.choices else f"a {self.type}"
-            if self.type == "callable":
-                expect = "a Python callable or 'module:function'"
-            raise OptionError(f"bad value {value!r} for {where}: expected {expect}") from None
-        if self.choices and parsed is not None:
-            items = parsed if isinstance(parsed, list) else [parsed]
-            for item in items:
-                if str(item) not in self.choices:
-                    raise OptionError(
-                        f"bad value {item!r} for {where}: expected one of {', '.join(self.choices)}"
-                    )
+            parsed = _INVALID
+        items = parsed if isinstance(parsed, list) else [parsed]
+        valid = parsed is not _INVALID and (
+            parsed is None
+            or (
+                (not self.choices or all(str(i) in self.choices for i in items))
+                and (self.minimum is None or not _number(parsed) or parsed >= self.minimum)
+                and (self.maximum is None or not _number(parsed) or parsed <= self.maximum)
+                and not (_number(parsed) and parsed != parsed)
+            )
+        )
+        if not valid:
+            raise OptionError(f"bad value {value!r} for {plugin}.{self.name}: expected {self.expectation()}")
         return parsed
+
+
+_INVALID = object()
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def option(
+    default: Any = None,
+    help: str = "",
+    *,
+    choices: Sequence[str] | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    kind: str | None = None,
+) -> Any:
+    """A field of a plugin's settings dataclass: its default, help, allowed values and bounds. The type
+    comes from the annotation (bool, int, float, str, Path, list[str], Callable, Literal[...]); `kind`
+    overrides it. The core turns the class into the option table and hands the plugin an instance."""
+    meta = {
+        "edgeplug": {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum, "kind": kind}
+    }
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: copy.copy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def declared_options(settings: type) -> list[Option]:
+    """The Option table of a settings dataclass declared with `option(...)` fields."""
+    hints = typing.get_type_hints(settings)
+    table = []
+    for f in dataclasses.fields(settings):
+        meta = f.metadata.get("edgeplug", {})
+        kind, literal = _kind_of(hints.get(f.name, str))
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        choices = meta.get("choices") or literal
+        table.append(
+            Option(
+                f.name,
+                meta.get("kind") or kind,
+                default,
+                meta.get("help", ""),
+                tuple(choices) if choices else None,
+                meta.get("minimum"),
+                meta.get("maximum"),
+            )
+        )
+    return table
+
+
+def _kind_of(annotation: Any) -> tuple[str, tuple[str, ...] | None]:
+    """The option type of an annotation, and the values of a Literal."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _kind_of(args[0])
+    if origin is typing.Literal:
+        return "str", tuple(str(a) for a in typing.get_args(annotation))
+    if annotation is bool:
+        return "bool", None
+    if annotation is int:
+        return "int", None
+    if annotation is float:
+        return "float", None
+    if annotation is Path or (isinstance(annotation, type) and issubclass(annotation, os.PathLike)):
+        return "path", None
+    if origin in (list, tuple, collections.abc.Sequence) or annotation in (list, tuple):
+        return "list", None
+    if origin is collections.abc.Callable or annotation is collections.abc.Callable:
+        return "callable", None
+    return "str", None
+
+
+def settings_instance(settings: type, values: Mapping[str, Any]) -> Any:
+    """An instance of a settings dataclass from parsed option values (tolerance keys are not its fields)."""
+    names = {f.name for f in dataclasses.fields(settings)}
+    return settings(**{k: v for k, v in values.items() if k in names})
 
 
 def _convert(kind: str, value: Any) -> Any:
@@ -89,75 +197,41 @@ def _convert(kind: str, value: Any) -> Any:
     return str(value)
 
 
-# Tolerance options every step has; the core handles them (DESIGN.md, "Verification").
-TOLERANCE_OPTIONS = (
-    Option("min_cosine", "float", None, "smallest cosine similarity allowed between outputs"),
-    Option("min_top1", "float", None, "smallest top-1 agreement allowed on logits outputs (0..1)"),
-    Option("max_abs_error", "float", None, "largest absolute output difference allowed"),
-    Option("rtol", "float", None, "relative tolerance of the elementwise check |d| <= atol + rtol*|ref|"),
-    Option("atol", "float", None, "absolute tolerance of the elementwise check"),
-)
-TOLERANCE_KEYS = tuple(o.name for o in TOLERANCE_OPTIONS)
-EXACT = {"rtol": 1e-4, "atol": 1e-5}
+def parse_duration(value: Any, what: str = "duration") -> float:
+    """`90s`, `30m`, `2h`, `1h30m` or plain seconds (a number) into seconds; OptionError otherwise."""
+    if isinstance(value, bool):
+        raise OptionError(f"bad {what} {value!r}: write seconds (90), or 90s, 30m, 2h")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower()
+        parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", text)
+        if not text or parts is None or not any(parts.groups()):
+            raise OptionError(f"bad {what} {value!r}: write seconds (90), or 90s, 30m, 2h")
+        hours, minutes, secs = (float(g) if g else 0.0 for g in parts.groups())
+        seconds = hours * 3600 + minutes * 60 + secs
+    if not seconds > 0 or seconds == float("inf"):
+        raise OptionError(f"bad {what} {value!r}: expected a positive duration")
+    return seconds
 
 
-@dataclass(frozen=True)
-class Tolerance:
-    """A step's verification budget. Unset criteria are not checked; `user_set` names what the user gave."""
-
-    min_cosine: float | None = None
-    min_top1: float | None = None
-    max_abs_error: float | None = None
-    rtol: float | None = None
-    atol: float | None = None
-    user_set: frozenset[str] = field(default_factory=frozenset)
-
-    @property
-    def elementwise(self) -> bool:
-        return self.rtol is not None or self.atol is not None
-
-    def as_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {k: getattr(self, k) for k in TOLERANCE_KEYS if getattr(self, k) is not None}
-        data["user_set"] = sorted(self.user_set)
-        return data
-
-
-def schema_for(declared: Iterable[Option]) -> dict[str, Option]:
-    """The full option table of a plugin: its own options plus the core's tolerance options."""
-    table = {o.name: o for o in TOLERANCE_OPTIONS}
-    for opt in declared:
-        table[opt.name] = opt
-    return table
-
-
-BOUNDS = {
-    "min_cosine": (-1.0, 1.0),
-    "min_top1": (0.0, 1.0),
-    "max_abs_error": (0.0, None),
-    "rtol": (0.0, None),
-    "atol": (0.0, None),
-}
-
-
-def check_tolerance_values(plugin: str, values: Mapping[str, Any]) -> None:
-    """Tolerances outside their meaningful range are refused before any work is done."""
-    for key, (low, high) in BOUNDS.items():
-        value = values.get(key)
-        if value is None:
-            continue
-        if value != value or value < low or (high is not None and value > high):
-            span = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
-            raise OptionError(f"bad value {value!r} for {plugin}.{key}: expected a number {span}")
-
-
-def split_tolerance(values: Mapping[str, Any], user_keys: Iterable[str]) -> tuple[dict[str, Any], Tolerance]:
-    """Separate tolerance keys from a plugin's option values; default to exact when none is declared."""
-    tol = {k: values.get(k) for k in TOLERANCE_KEYS}
-    if all(v is None for v in tol.values()):
-        tol.update(EXACT)
-    rest = {k: v for k, v in values.items() if k not in TOLERANCE_KEYS}
-    user = frozenset(k for k in user_keys if k in TOLERANCE_KEYS)
-    return rest, Tolerance(**tol, user_set=user)
+def parse_budgets(pairs: Iterable[str]) -> dict[str, float]:
+    """`--budget top1=0.99` items into {"top1": 0.99}."""
+    budgets: dict[str, float] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        name = name.strip()
+        if name.startswith("min_") and len(name) > 4:
+            name = name[4:]
+        try:
+            if not sep or not name:
+                raise ValueError(pair)
+            budgets[name] = float(value)
+        except ValueError:
+            raise OptionError(f"bad --budget {pair!r}: write METRIC=VALUE, e.g. --budget top1=0.99") from None
+        if budgets[name] != budgets[name]:
+            raise OptionError(f"bad --budget {pair!r}: the value is not a number")
+    return budgets
 
 
 def suggest(name: str, known: Iterable[str]) -> str:
@@ -218,3 +292,11 @@ def resolve(
         }
         user[plugin] = set(raw)
     return values, user
+
+
+# Before the plugin API module, plugins imported these from here; they live in tolerance.py now.
+from .tolerance import TOLERANCE_KEYS as TOLERANCE_KEYS  # noqa: E402
+from .tolerance import TOLERANCE_OPTIONS as TOLERANCE_OPTIONS  # noqa: E402
+from .tolerance import Tolerance as Tolerance  # noqa: E402
+from .tolerance import check_tolerance_values as check_tolerance_values  # noqa: E402
+from .tolerance import split_tolerance as split_tolerance  # noqa: E402

@@ -13,13 +13,17 @@ from typing import Any
 import numpy as np
 
 from . import bench, plugins, verify
+from .budgets import RunMetrics
+from .capabilities import INT8_EXACT, QDQ_INT8, Capabilities, chain_views, forms_of, refusal
 from .context import Artifact, RunContext, sha256_file
 from .data import Dataset, Preprocess, load_data
 from .errors import EdgeplugError, ModelError, OptionError, PluginError, VerificationError
+from .metrics import UserMetric
 from .model import Model
-from .options import Tolerance, check_tolerance_values, read_config, resolve, split_tolerance
+from .options import read_config, resolve, settings_instance
 from .report import new_report, print_summary, write_json
 from .runtime import run_each
+from .tolerance import Tolerance, check_tolerance_values, split_tolerance
 
 CORE = "core"
 
@@ -43,6 +47,8 @@ class RunSettings:
     seed: int = 0
     quiet: bool = False
     debug: bool = False
+    metrics: list[str | UserMetric] = field(default_factory=list)  # --metric
+    budgets: dict[str, float] = field(default_factory=dict)  # --budget NAME=VALUE, for every step
 
 
 @dataclass
@@ -89,14 +95,32 @@ class Pipeline:
         self.chain = tuple(settings.plugins)
         plugins.check_selection(self.pm, list(self.chain))
         given = merged_options(settings)
-        schemas = plugins.schemas_for(self.pm, list(self.chain), given)
+        self.run_metrics = RunMetrics.from_settings(settings.metrics, settings.budgets, given.pop(CORE, {}))
+        user_metrics = self.run_metrics.user_metrics
+        schemas = plugins.schemas_for(self.pm, list(self.chain), given, user_metrics)
         values, user_keys = resolve(schemas, self.chain, given)
         self.user_keys = {name: frozenset(keys) for name, keys in user_keys.items()}
         self.options: dict[str, dict[str, Any]] = {}
+        self.declared: dict[str, Tolerance] = {}
         self.tolerances: dict[str, Tolerance] = {}
+        self.user_budgets: dict[str, frozenset[str]] = {}
         for name in self.chain:
-            check_tolerance_values(name, values[name])
-            self.options[name], self.tolerances[name] = split_tolerance(values[name], user_keys[name])
+            check_tolerance_values(name, values[name], user_metrics)
+            self.options[name], self.declared[name] = split_tolerance(
+                values[name], user_keys[name], user_metrics
+            )
+            self.tolerances[name], self.user_budgets[name] = self.run_metrics.step_tolerance(
+                self.declared[name], {}
+            )
+        self.settings_of: dict[str, Any] = {}
+        for name in self.chain:
+            declared = plugins.settings_class(self.pm, name)
+            if declared is not None:
+                self.settings_of[name] = settings_instance(declared, self.options[name])
+        self.capabilities: dict[str, Capabilities] = plugins.chain_capabilities(
+            self.pm, self.chain, self.options
+        )
+        self.views = chain_views(self.chain, self.capabilities)
         self.input = model_path
         stem = (
             model_path.stem
@@ -109,9 +133,21 @@ class Pipeline:
         if len(compilers) > 1:
             raise OptionError(f"at most one compiling plugin per run; {', '.join(compilers)} all compile")
         self.compiler = compilers[0] if compilers else None
+        # an exact int8 target (TensorRT, NEON dot products) is verified with Q/DQ as float operators, not
+        # with onnxruntime's x86 int8 kernels, which saturate 16-bit pair sums on CPUs without VNNI
+        self.qdq_as_float = any(INT8_EXACT in self.capabilities[n].target for n in self.chain)
         self.report = new_report(self._settings_dict(), settings.threads, settings.seed)
+        self.report["evaluation"] = (
+            "Q/DQ as float operators (the target computes int8 exactly; onnxruntime's CPU int8 kernels are "
+            "not the oracle, and Q/DQ models are not timed on this CPU)"
+            if self.qdq_as_float
+            else "onnxruntime CPU kernels"
+        )
         self.data: Dataset | None = None
         self.details: dict[str, dict[str, Any]] = {n: {} for n in self.chain}
+        self.contexts: dict[str, RunContext] = {}
+        self.original: Model | None = None
+        self.original_out: dict[str, Any] | None = None
 
     def _settings_dict(self) -> dict[str, Any]:
         s = self.settings
@@ -120,6 +156,12 @@ class Pipeline:
             "plugins": list(self.chain),
             "options": self.options,
             "tolerances": {n: t.as_dict() for n, t in self.tolerances.items()},
+            "metrics": list(self.run_metrics.specs),
+            "budgets": self.run_metrics.budgets,
+            "capabilities": {
+                n: {k: sorted(getattr(c, k)) for k in ("consumes", "produces", "removes", "target")}
+                for n, c in self.capabilities.items()
+            },
             "data": s.data,
             "calibration_data": s.calibration_data,
             "input_shapes": s.input_shapes,
@@ -128,20 +170,35 @@ class Pipeline:
         }
 
     def ctx(self, plugin: str) -> RunContext:
-        return RunContext(
-            plugin=plugin,
-            options=self.options.get(plugin, {}),
-            tolerance=self.tolerances.get(plugin, Tolerance()),
-            data=self.data,  # type: ignore[arg-type]  # None only during load_model
-            chain=self.chain,
-            workdir=self.out,
-            threads=self.settings.threads,
-            seed=self.settings.seed,
-            details=self.details.setdefault(plugin, {}),
-            quiet=self.settings.quiet,
-            data_path=self.settings.data,
-            user_options=self.user_keys.get(plugin, frozenset()),
-        )
+        """The plugin's RunContext, one for the whole run (its `state` lives from pre_optimize to compile)."""
+        ctx = self.contexts.get(plugin)
+        if ctx is None:
+            ctx = RunContext(
+                plugin=plugin,
+                options=self.options.get(plugin, {}),
+                tolerance=self.tolerances.get(plugin, Tolerance()),
+                data=self.data,  # type: ignore[arg-type]  # None only during load_model
+                chain=self.chain,
+                workdir=self.out,
+                threads=self.settings.threads,
+                seed=self.settings.seed,
+                details=self.details.setdefault(plugin, {}),
+                quiet=self.settings.quiet,
+                data_path=self.settings.data,
+                user_options=self.user_keys.get(plugin, frozenset()),
+                metrics=self.run_metrics.specs,
+                user_budgets=self.user_budgets.get(plugin, frozenset()),
+                qdq_as_float=self.qdq_as_float,
+                settings=self.settings_of.get(plugin),
+            )
+            if plugin in self.views:
+                ctx.view = self.views[plugin]
+            if plugin != CORE:
+                self.contexts[plugin] = ctx
+        ctx.data = self.data  # type: ignore[assignment]
+        ctx.original, ctx.reference = self.original, self.original_out
+        ctx.tolerance = self.tolerances.get(plugin, ctx.tolerance)
+        return ctx
 
     def log(self, message: str) -> None:
         if not self.settings.quiet:
@@ -175,7 +232,14 @@ class Pipeline:
         acc = verify.accuracy(outputs, self.data.validation_labels if self.data else None)
         if acc is not None:
             metrics["accuracy"] = acc
-        if self.settings.bench and path is not None:
+        if (
+            self.settings.bench
+            and path is not None
+            and self.qdq_as_float
+            and QDQ_INT8 in forms_of(model.proto)
+        ):
+            metrics["latency_note"] = "not timed: Q/DQ runs on the exact int8 target, not on this CPU"
+        elif self.settings.bench and path is not None:
             feed = self.data.validation[0] if self.data else None
             metrics["latency"] = bench.measure(
                 path, self.settings.threads, self.settings.bench_runs, inputs=feed
@@ -217,6 +281,10 @@ class Pipeline:
         self.report["data"] = self.data.summary()
         if self.data.source == "generated":
             self.log("no --data: verifying on inputs generated from the model's input spec")
+        why = refusal(self.chain, self.capabilities, forms_of(model.proto), plugins.removers(self.pm))
+        if why:
+            raise PluginError(why)
+        self.original = model
         for name in self.chain:
             if plugins.has_hook(self.pm, "pre_optimize", name):
                 self.log(f"[{name}] pre_optimize")
@@ -224,7 +292,9 @@ class Pipeline:
 
         original = model
         self.log(f"verifying on {len(self.data.validation)} validation samples")
-        original_out = verify.outputs_of(original, self.data.validation, s.threads)
+        original_out = verify.outputs_of(original, self.data.validation, s.threads, self.qdq_as_float)
+        self.original_out = original_out
+        self.resolve_budgets(original_out)
         orig_path = None
         if s.bench:
             orig_path = self.out / "steps" / "00-original.onnx"
@@ -271,6 +341,31 @@ class Pipeline:
             print_summary(self.report)
         return RunResult(model, self.report, self.out, artifact)
 
+    def resolve_budgets(self, original_out: dict[str, Any]) -> None:
+        """Refuse metrics that do not apply to the model; fix relative default budgets on its own scores."""
+        labels = self.data.validation_labels if self.data else None
+        scores = self.run_metrics.check_applicable(original_out, labels, len(self.data.validation))
+        self.report["reference_scores"] = scores
+        for name in self.chain:
+            self.tolerances[name], self.user_budgets[name] = self.run_metrics.step_tolerance(
+                self.declared[name], scores
+            )
+            if name in self.contexts:
+                self.contexts[name].user_budgets = self.user_budgets[name]
+        self.report["settings"]["tolerances"] = {n: t.as_dict() for n, t in self.tolerances.items()}
+
+    def judge(self, name: str, reference: dict[str, Any], candidate: dict[str, Any]) -> verify.Verdict:
+        return verify.judge(
+            reference,
+            candidate,
+            self.tolerances[name],
+            specs=self.run_metrics.specs,
+            labels=self.data.validation_labels,
+            samples=len(self.data.validation),
+            original=self.original_out,
+            user_budgets=tuple(self.user_budgets.get(name, ())),
+        )
+
     def step(
         self,
         index: int,
@@ -280,6 +375,7 @@ class Pipeline:
         original_out: dict[str, np.ndarray],
     ) -> tuple[dict[str, Any], Model | None, dict[str, np.ndarray] | None]:
         ctx = self.ctx(name)
+        ctx.previous = prev_out
         entry: dict[str, Any] = {"index": index, "plugin": name, "tolerance": ctx.tolerance.as_dict()}
         self.log(f"[{name}] transform_graph")
         before = model.serialized()
@@ -320,21 +416,30 @@ class Pipeline:
             entry.update(status="failed", error=f"the transformed model is invalid: {exc}")
             return entry, None, None
         try:
-            new_out = verify.outputs_of(new, self.data.validation, self.settings.threads)
+            new_out = verify.outputs_of(new, self.data.validation, self.settings.threads, self.qdq_as_float)
         except EdgeplugError as exc:
             entry.update(status="failed", error=str(exc))
             return entry, None, None
-        vs_prev, failures = verify.evaluate(prev_out, new_out, ctx.tolerance)
-        vs_orig = verify.compare(original_out, new_out)
+        verdict = self.judge(name, prev_out, new_out)
+        failures = verdict.failures
         entry["verification"] = {
-            "vs_previous": vs_prev,
-            "vs_original": vs_orig,
+            "vs_previous": verdict.outputs,
+            "vs_original": verify.compare(original_out, new_out, samples=len(self.data.validation)),
+            "metrics": {k: v.as_dict() for k, v in verdict.metrics.items()},
+            "metrics_vs_original": {k: v.as_dict() for k, v in verdict.metrics_vs_original.items()},
+            "budgets": verdict.budgets,
             "passed": not failures,
             "failures": failures,
         }
+        if verdict.notes:
+            entry["verification"]["notes"] = verdict.notes
+        if ctx.tolerance.waived_dead and any(m.get("dead_slices") for m in verdict.outputs.values()):
+            entry["verification"]["dead_slices_waived"] = True
         if failures:
             self.log(f"[{name}] verification failed; locating the first diverging node")
-            divergence = verify.first_divergence(model, new, self.data.validation[0], ctx.tolerance)
+            divergence = verify.first_divergence(
+                model, new, self.data.validation[0], ctx.tolerance, self.qdq_as_float
+            )
             entry["verification"]["divergence"] = divergence
             where = ""
             if divergence and divergence.get("node"):
@@ -373,9 +478,9 @@ class Pipeline:
             info=artifact.info,
             details=ctx.details,
         )
-        tolerance = artifact.info.get("tolerance")
+        tolerance = artifact.tolerance or artifact.info.get("tolerance")
         if isinstance(tolerance, dict):
-            tolerance = Tolerance(**{k: v for k, v in tolerance.items() if k != "user_set"})
+            tolerance = Tolerance.from_values(tolerance)
         self.verify_artifact(
             artifact, final_out, tolerance if isinstance(tolerance, Tolerance) else ctx.tolerance
         )
@@ -387,9 +492,22 @@ class Pipeline:
         if runner is None or artifact.kind == "onnx":
             return
         got = run_each(runner, self.data.validation)
-        metrics, failures = verify.evaluate(final_out, got, tol)
+        verdict = verify.judge(
+            final_out,
+            got,
+            tol,
+            specs=self.run_metrics.specs,
+            labels=self.data.validation_labels,
+            samples=len(self.data.validation),
+        )
+        failures = verdict.failures
         self.report["compile"]["verification"] = {
-            "vs_final_model": metrics,
+            "reference": "the final model, Q/DQ as float operators"
+            if self.qdq_as_float
+            else "the final model",
+            "vs_final_model": verdict.outputs,
+            "metrics": {k: v.as_dict() for k, v in verdict.metrics.items()},
+            "tolerance": tol.as_dict(),
             "passed": not failures,
             "failures": failures,
         }

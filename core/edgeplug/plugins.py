@@ -6,16 +6,20 @@ always loads). A plugin whose import fails is recorded in `broken()` and breaks 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata as md
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import pluggy
 
 from . import hookspecs
+from .capabilities import FORMS, Capabilities
 from .errors import OptionError, PluginError
-from .options import Option, schema_for, suggest
+from .options import Option, declared_options, suggest
+from .tolerance import schema_for
 
 DEFAULT_PLUGINS = {"core": "edgeplug.default_plugin"}
 ENV_VAR = "EDGEPLUG_PLUGINS"
@@ -111,17 +115,36 @@ def has_hook(pm: pluggy.PluginManager, hook: str, plugin: str) -> bool:
     return any(i.plugin is target for i in getattr(pm.hook, hook).get_hookimpls())
 
 
-def options_schema(pm: pluggy.PluginManager, plugin: str) -> dict[str, Option]:
-    """The options of one plugin, the core's tolerance options included."""
-    declared = call_one(pm, "plugin_options", plugin) or []
+def options_schema(pm: pluggy.PluginManager, plugin: str, metrics: Iterable[str] = ()) -> dict[str, Option]:
+    """The options of one plugin, the core's tolerance options included (and `min_<name>` for the user
+    metrics in `metrics`)."""
     flat: list[Option] = []
+    for item in _declared(pm, plugin):
+        flat.extend(declared_options(item) if isinstance(item, type) else [item])
+    return schema_for(flat, metrics)
+
+
+def _declared(pm: pluggy.PluginManager, plugin: str) -> list[Any]:
+    """What `plugin_options` returned: a settings dataclass, or Option objects (flattened)."""
+    declared = call_one(pm, "plugin_options", plugin) or []
+    if isinstance(declared, type):
+        return [declared]
+    items: list[Any] = []
     for item in declared:
-        flat.extend(item if isinstance(item, list) else [item])
-    return schema_for(flat)
+        items.extend(item if isinstance(item, list) else [item])
+    return items
+
+
+def settings_class(pm: pluggy.PluginManager, plugin: str) -> type | None:
+    """The plugin's settings dataclass when it declares its options as one (else None)."""
+    found = [
+        item for item in _declared(pm, plugin) if isinstance(item, type) and dataclasses.is_dataclass(item)
+    ]
+    return found[0] if found else None
 
 
 def schemas_for(
-    pm: pluggy.PluginManager, selected: list[str], given: dict[str, Any]
+    pm: pluggy.PluginManager, selected: list[str], given: dict[str, Any], metrics: Iterable[str] = ()
 ) -> dict[str, dict[str, Option]]:
     """Option tables of the selected plugins and of those the user gave options for (only those: a
     plugin the run does not touch cannot break it); options for an unknown plugin are refused."""
@@ -129,7 +152,47 @@ def schemas_for(
     for plugin in given:
         if plugin not in known:
             raise OptionError(f"options given for unknown plugin {plugin!r}: {suggest(plugin, known)}")
-    return {name: options_schema(pm, name) for name in dict.fromkeys([*selected, *given])}
+    metrics = list(metrics)
+    return {name: options_schema(pm, name, metrics) for name in dict.fromkeys([*selected, *given])}
+
+
+def capabilities_of(
+    pm: pluggy.PluginManager, plugin: str, options: dict[str, Any], downstream: frozenset[str] = FORMS
+) -> Capabilities:
+    """The plugin's declared capabilities for these option values and what later plugins consume (the
+    defaults when it declares none)."""
+    declared = call_one(pm, "plugin_capabilities", plugin, options=options, downstream=downstream)
+    if declared is None:
+        return Capabilities()
+    if not isinstance(declared, Capabilities):
+        raise PluginError(f"plugin {plugin!r}: plugin_capabilities returned {type(declared).__name__}")
+    return declared
+
+
+def removers(pm: pluggy.PluginManager) -> dict[str, list[str]]:
+    """Form -> the installed plugins that remove it (with their default options), for refusal hints."""
+    found: dict[str, list[str]] = {}
+    for name in names(pm):
+        try:
+            defaults = {k: o.default for k, o in options_schema(pm, name).items()}
+            caps = capabilities_of(pm, name, defaults)
+        except Exception:  # a broken plugin must not break another's refusal message
+            continue
+        for form in caps.removes:
+            found.setdefault(form, []).append(name)
+    return found
+
+
+def chain_capabilities(
+    pm: pluggy.PluginManager, chain: tuple[str, ...], options: dict[str, dict[str, Any]]
+) -> dict[str, Capabilities]:
+    """Every plugin's capabilities, last first: each is told what every plugin after it consumes."""
+    caps: dict[str, Capabilities] = {}
+    downstream = FORMS
+    for name in reversed(chain):
+        caps[name] = capabilities_of(pm, name, options.get(name, {}), frozenset(downstream))
+        downstream = downstream & caps[name].consumes
+    return {name: caps[name] for name in chain}
 
 
 def check_selection(pm: pluggy.PluginManager, selected: list[str]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import platform
 import sys
@@ -69,11 +70,25 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
+def finite_json(value: Any) -> Any:
+    """The value with NaN and infinities replaced by None: report.json stays standard JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.floating):
+        return finite_json(float(value))
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomic JSON write."""
+    """Atomic JSON write (strict JSON: NaN and infinities are written as null)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=_default) + "\n")
+    text = json.dumps(finite_json(json.loads(json.dumps(data, default=_default))), indent=2, allow_nan=False)
+    tmp.write_text(text + "\n")
     os.replace(tmp, path)
 
 

@@ -85,7 +85,8 @@ def test_batchnorm_refused_with_fuse_hint(tmp_path: Path) -> None:
         str(tmp_path / "out"),
     )
     assert code == 2
-    assert "BatchNormalization" in text and "put `fuse` before `neon`" in text
+    assert "would receive BatchNormalization nodes" in text
+    assert "put a plugin that removes them before neon (installed: fuse)" in text
     assert not (tmp_path / "out" / "model.c").exists()
 
 

@@ -46,12 +46,12 @@ def with_det(batch: str = "N") -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def with_custom_op() -> onnx.ModelProto:
-    """MatMul -> com.microsoft Gelu (an onnxruntime contrib op, no TensorRT parser support)."""
+def with_custom_op(domain: str = "com.example.trt") -> onnx.ModelProto:
+    """MatMul -> Gelu of a custom domain (a TensorRT plugin's op; with com.microsoft, an onnxruntime contrib op)."""
     rng = np.random.default_rng(0)
     nodes = [
         helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
-        helper.make_node("Gelu", ["h"], ["y"], name="ms_gelu", domain="com.microsoft"),
+        helper.make_node("Gelu", ["h"], ["y"], name="ms_gelu", domain=domain),
     ]
     graph = helper.make_graph(
         nodes,
@@ -61,7 +61,7 @@ def with_custom_op() -> onnx.ModelProto:
         [numpy_helper.from_array(rng.standard_normal((4, 6)).astype(np.float32), "w")],
     )
     return helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(domain, 1)]
     )
 
 

@@ -116,7 +116,7 @@ def test_unsupported_and_custom_ops_are_listed_with_node_names(tmp_path: Path) -
             "reason": "marked unsupported (N) in the TensorRT parser's matrix",
         }
     ]
-    custom = prepare(_load(with_custom_op(), tmp_path, "custom")).operators
+    custom = prepare(_load(with_custom_op("com.microsoft"), tmp_path, "custom")).operators
     assert custom["unsupported"] == []
     assert [(e["node"], e["domain"]) for e in custom["custom_domain"]] == [("ms_gelu", "com.microsoft")]
     assert custom["operators"] == {"MatMul": 1, "com.microsoft.Gelu": 1}

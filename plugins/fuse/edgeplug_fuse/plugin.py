@@ -10,7 +10,8 @@ from typing import Any
 
 import onnx
 import onnx_graphsurgeon as gs
-from edgeplug import Model, Option, OptionError, PluginError, RunContext, hookimpl
+from edgeplug import Capabilities, Model, Option, OptionError, PluginError, RunContext, hookimpl
+from edgeplug.capabilities import BATCHNORM, CONTRIB
 from edgeplug.model import restore_model_fields
 
 from . import activation, batchnorm, cleanup, transformer
@@ -54,6 +55,15 @@ def plugin_options() -> list[Option]:
         Option("num_heads", "int", 0, "attention heads for the transformer fusion (0 = read from the graph)"),
         Option("hidden_size", "int", 0, "hidden size for the transformer fusion (0 = read from the graph)"),
     ]
+
+
+@hookimpl
+def plugin_capabilities(options: dict[str, Any], downstream: frozenset[str]) -> Capabilities:
+    """fuse folds BatchNormalization; it emits onnxruntime contrib ops only for target=onnxruntime."""
+    contrib = options.get("target") == "onnxruntime" or options.get("transformer") == "bert"
+    return Capabilities(
+        produces=frozenset({CONTRIB}) if contrib else frozenset(), removes=frozenset({BATCHNORM})
+    )
 
 
 @hookimpl

@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgeplug import Artifact, Model, Option, RunContext, Tolerance, hookimpl
+from edgeplug import Artifact, Capabilities, Model, Option, RunContext, Tolerance, hookimpl
+from edgeplug.capabilities import BATCHNORM, CONTRIB, DYNAMIC_INT8, FORMS, FP16, INT8_EXACT, SYMMETRIC_INT8
 from edgeplug.context import Runner
 from edgeplug.errors import VerificationError
 from edgeplug.verify import evaluate, outputs_of
@@ -16,6 +17,16 @@ from . import codegen, runner, support, toolchain
 from .lower import lower
 
 KIND = "c-library"
+
+
+@hookimpl
+def plugin_capabilities() -> Capabilities:
+    """neon compiles standard float32 or int8 Q/DQ ONNX without BatchNormalization (fold it first) into C
+    whose int8 dot products are exact; it wants symmetric int8."""
+    return Capabilities(
+        consumes=FORMS - {CONTRIB, DYNAMIC_INT8, FP16, BATCHNORM},
+        target=frozenset({INT8_EXACT, SYMMETRIC_INT8}),
+    )
 
 
 @hookimpl
@@ -73,12 +84,10 @@ def _toolchain(options: dict[str, Any]) -> toolchain.Toolchain:
 
 @hookimpl
 def pre_optimize(model: Model, ctx: RunContext) -> None:
-    """Refuse early: missing toolchain, dynamic shapes, unsupported operators, BatchNormalization without fuse."""
+    """Refuse early: missing toolchain, dynamic shapes, unsupported operators. BatchNormalization is left to
+    the core's capability check (an earlier plugin that removes it, or a refusal before any work)."""
     _toolchain(ctx.options)
-    chain = list(ctx.chain)
-    me = ctx.plugin if ctx.plugin in chain else "neon"
-    fuse_first = "fuse" in chain and me in chain and chain.index("fuse") < chain.index(me)
-    support.check_supported(model, allow_batchnorm=fuse_first)
+    support.check_supported(model, allow_batchnorm=True)
     support.check_static(model)
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-from edgeplug import Model, Option, PluginError, RunContext, hookimpl
+from edgeplug import Capabilities, Model, Option, PluginError, RunContext, hookimpl
+from edgeplug.capabilities import DYNAMIC_INT8, FORMS, QDQ_INT8
 from edgeplug.model import get_metadata
 from edgeplug.verify import evaluate, outputs_of
 
@@ -23,6 +24,12 @@ from .structured import prune_channels
 
 BUDGET_KEYS = ("min_cosine", "min_top1")
 MAX_CALIBRATION = 2048
+
+
+@hookimpl
+def plugin_capabilities() -> Capabilities:
+    """Pruning edits float weights: it takes no quantized model (put it before quantization)."""
+    return Capabilities(consumes=FORMS - {QDQ_INT8, DYNAMIC_INT8})
 
 
 @hookimpl

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-from edgeplug import Model, Option, OptionError, PluginError, RunContext, hookimpl
+from edgeplug import Capabilities, Model, Option, OptionError, PluginError, RunContext, hookimpl
+from edgeplug.capabilities import DYNAMIC_INT8, FP16, QDQ_INT8
 from edgeplug.cpu import cpu_info
 from edgeplug.model import get_metadata, set_metadata
 
@@ -36,6 +37,15 @@ QUANTIZED_OPS = {
 }
 SEARCH_KEYS = ("min_cosine", "min_top1", "max_abs_error")
 METADATA_KEY = "edgeplug.quant"
+
+
+@hookimpl
+def plugin_capabilities(options: dict[str, Any], downstream: frozenset[str]) -> Capabilities:
+    """What quant emits: the mode asked for, else the forms every later plugin consumes (int8 Q/DQ first)."""
+    forms = {"static": {QDQ_INT8}, "dynamic": {DYNAMIC_INT8}, "fp16": {FP16}}
+    mode = options.get("mode")
+    produces = forms[mode] if mode in forms else {QDQ_INT8, DYNAMIC_INT8, FP16} & downstream
+    return Capabilities(produces=frozenset(produces))
 
 
 @hookimpl
@@ -226,7 +236,11 @@ def budget_of(ctx: RunContext) -> Budget | None:
     if not user and metric_spec is None:
         return None
     metric = (metric_spec if callable(metric_spec) else load_metric(metric_spec)) if metric_spec else None
-    name = metric_spec if isinstance(metric_spec, str) else getattr(metric_spec, "__qualname__", repr(metric_spec))
+    name = (
+        metric_spec
+        if isinstance(metric_spec, str)
+        else getattr(metric_spec, "__qualname__", repr(metric_spec))
+    )
     return Budget(ctx.tolerance, metric, min_metric, name)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from edgeplug import (
     Artifact,
+    Capabilities,
     MissingDependencyError,
     Model,
     Option,
@@ -17,6 +18,15 @@ from edgeplug import (
     RunContext,
     Tolerance,
     hookimpl,
+)
+from edgeplug.capabilities import (
+    CONTRIB,
+    DYNAMIC_INT8,
+    FORMS,
+    INT8_EXACT,
+    INT8_QDQ_ONLY,
+    QDQ_INT8,
+    SYMMETRIC_INT8,
 )
 from edgeplug.report import write_json
 
@@ -36,6 +46,17 @@ ENGINE_TOLERANCE = {
     "fp16": Tolerance(min_cosine=0.999, min_top1=0.99),
     "int8": Tolerance(min_cosine=0.99, min_top1=0.97),
 }
+
+
+@hookimpl
+def plugin_capabilities(options: dict[str, Any]) -> Capabilities:
+    """TensorRT's ONNX parser takes standard ONNX (no onnxruntime contrib ops, no dynamic int8); in int8 it
+    computes Q/DQ exactly, wants symmetric int8 and parses int8 Q/DQ only (no int32 bias DequantizeLinear)."""
+    int8 = options.get("precision") == "int8"
+    return Capabilities(
+        consumes=FORMS - {CONTRIB, DYNAMIC_INT8},
+        target=frozenset({INT8_EXACT, SYMMETRIC_INT8, INT8_QDQ_ONLY}) if int8 else frozenset({INT8_EXACT}),
+    )
 
 
 @hookimpl
@@ -84,13 +105,12 @@ def _check_options(options: dict[str, Any]) -> None:
 @hookimpl
 def pre_optimize(model: Model, ctx: RunContext) -> None:
     """Check every option value (and the min/opt/max shapes against the model's inputs) before the core's
-    reference pass and any earlier step run; refuse a float model asked for int8 unless quant precedes."""
+    reference pass and any earlier step run; refuse a float model asked for int8 unless an earlier step produces int8 Q/DQ."""
     _check_options(ctx.options)
     check_shape_options(model.inputs, ctx.options)
     if ctx.options["precision"] != "int8":
         return
-    earlier = ctx.chain[: ctx.chain.index(ctx.plugin)] if ctx.plugin in ctx.chain else ()
-    if "quant" not in earlier:
+    if QDQ_INT8 not in ctx.upstream:  # no earlier step produces int8 Q/DQ: the model must hold it now
         require_int8_qdq(model.proto, int32_biases_folded_later=True)
 
 

@@ -76,7 +76,9 @@ def _given(inputs: Sequence[TensorSpec], options: Mapping[str, Any]) -> dict[str
     for option, shapes in given.items():
         for name in shapes:
             if name not in names:
-                raise OptionError(f"trt.{option} names {name!r}, but the model's inputs are {', '.join(names)}")
+                raise OptionError(
+                    f"trt.{option} names {name!r}, but the model's inputs are {', '.join(names)}"
+                )
     return given
 
 
