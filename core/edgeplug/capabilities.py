@@ -49,12 +49,15 @@ CONTRIB_DOMAINS = {"com.microsoft", "com.microsoft.nchwc", "com.microsoft.experi
 class Capabilities:
     """What a plugin takes and gives. `consumes`: the model forms it accepts (all by default); `produces`:
     forms it may add (adapting to `ctx.downstream`); `removes`: forms it takes out (fuse folds
-    BatchNormalization); `target`: properties of the target a compile plugin builds for."""
+    BatchNormalization); `target`: properties of the target a compile plugin builds for; `judged_against`: "original" for a step
+    that changes what the model computes by design (distillation), whose budget is judged against the chain's
+    original model instead of the model before it."""
 
     consumes: frozenset[str] = FORMS
     produces: frozenset[str] = frozenset()
     removes: frozenset[str] = frozenset()
     target: frozenset[str] = frozenset()
+    judged_against: str = "previous"  # "original": a step that changes the model by design (distillation)
 
     def __post_init__(self) -> None:
         for name, values, known in (
@@ -67,6 +70,8 @@ class Capabilities:
             if unknown:
                 raise ValueError(f"Capabilities.{name}: unknown {sorted(unknown)}; known {sorted(known)}")
             object.__setattr__(self, name, frozenset(values))
+        if self.judged_against not in ("previous", "original"):
+            raise ValueError("Capabilities.judged_against: 'previous' or 'original'")
 
 
 def forms_of(proto: onnx.ModelProto) -> frozenset[str]:

@@ -55,6 +55,7 @@ class RunContext:
     qdq_as_float: bool = False  # the target computes int8 exactly: Q/DQ is evaluated as float operators
     state: dict[str, Any] = field(default_factory=dict)  # per-run plugin state
     settings: Any = None  # the plugin's settings dataclass instance, when it declares one
+    judged_against: str = "previous"  # "original" when the plugin's capabilities say so (distillation)
 
     @property
     def downstream(self) -> frozenset[str]:
@@ -103,6 +104,7 @@ class RunContext:
             samples=samples or (len(self.data.validation) if full and self.data is not None else None),
             original=self.reference if full else original,
             user_budgets=tuple(self.user_budgets),
+            judged_against=self.judged_against,
         )
 
     def check(self, model: Model) -> Verdict:

@@ -190,6 +190,9 @@ class Pipeline:
                 user_budgets=self.user_budgets.get(plugin, frozenset()),
                 qdq_as_float=self.qdq_as_float,
                 settings=self.settings_of.get(plugin),
+                judged_against=self.capabilities[plugin].judged_against
+                if plugin in self.capabilities
+                else "previous",
             )
             if plugin in self.views:
                 ctx.view = self.views[plugin]
@@ -364,6 +367,7 @@ class Pipeline:
             samples=len(self.data.validation),
             original=self.original_out,
             user_budgets=tuple(self.user_budgets.get(name, ())),
+            judged_against=self.capabilities[name].judged_against,
         )
 
     def step(

@@ -327,10 +327,12 @@ def judge(
     samples: int | None = None,
     original: Mapping[str, Any] | None = None,
     user_budgets: Sequence[str] = (),
+    judged_against: str = "previous",
 ) -> Verdict:
     """Compare `candidate` with `reference` (the previous model) and, where given, with `original` (the
     chain's first model), compute every metric of `specs` plus those the budgets name, and apply `tol`.
-    `user_budgets` names the metrics whose budget the user set: they are judged against `original`."""
+    `user_budgets` names the metrics whose budget the user set: they are judged against `original`, as is
+    every budget of a step `judged_against` the original (distillation)."""
     count = samples or _samples_of(reference)
     outputs = compare(reference, candidate, tol, count)
     failures = check(outputs, tol)
@@ -346,15 +348,13 @@ def judge(
         vs_original = {m: all_specs[m].compute(Evidence(original, candidate, labels, count)) for m in wanted}
     verdict = Verdict(outputs, values, failures, vs_original)
     for metric, minimum in tol.metric_budgets.items():
-        against_original = metric in user_budgets and original is not None
+        against_original = original is not None and (metric in user_budgets or judged_against == "original")
         found = (vs_original if against_original else values)[metric]
         entry: dict[str, Any] = {
             "min": minimum,
             "against": "original" if against_original else "previous",
             "value": found.value,
-            "set_by": "user"
-            if f"{METRIC_PREFIX}{metric}" in tol.user_set or metric in user_budgets
-            else "plugin",
+            "set_by": _set_by(metric, tol, user_budgets),
         }
         if found.value is None:
             entry["margin"] = None
@@ -374,6 +374,13 @@ def judge(
         if metric not in tol.metric_budgets and found.value is not None and math.isnan(found.value):
             verdict.failures.append(f"metric {metric} is NaN: cannot verify")
     return verdict
+
+
+def _set_by(metric: str, tol: Tolerance, user_budgets: Sequence[str]) -> str:
+    """Who set a budget: the user (-o, --budget), the run (a --metric's declared default), or the plugin."""
+    if f"{METRIC_PREFIX}{metric}" in tol.user_set:
+        return "user"
+    return "metric default" if metric in user_budgets else "plugin"
 
 
 def _samples_of(outputs: Mapping[str, Any]) -> int:
