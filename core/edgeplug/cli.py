@@ -334,5 +334,13 @@ def infer(
         click.echo(f"wrote {output}")
 
 
+def _register_search() -> None:
+    from .search.command import search
+
+    main.add_command(search)
+
+
+_register_search()
+
 if __name__ == "__main__":
     main()
