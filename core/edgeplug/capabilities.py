@@ -58,6 +58,7 @@ class Capabilities:
     removes: frozenset[str] = frozenset()
     target: frozenset[str] = frozenset()
     judged_against: str = "previous"  # "original": a step that changes the model by design (distillation)
+    machine_dependent: bool = False  # its result depends on the CPU it runs on (a choice by timing)
 
     def __post_init__(self) -> None:
         for name, values, known in (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 import traceback
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import bench, plugins, verify
+from . import bench, plugins, report_html, verify
 from .budgets import RunMetrics
 from .capabilities import INT8_EXACT, QDQ_INT8, Capabilities, chain_views, forms_of, refusal
 from .context import Artifact, RunContext, sha256_file
@@ -23,6 +24,7 @@ from .model import Model
 from .options import read_config, resolve, settings_instance
 from .report import new_report, print_summary, write_json
 from .runtime import run_each
+from .step_cache import StepCache, data_fingerprint, step_key
 from .tolerance import Tolerance, check_tolerance_values, split_tolerance
 
 CORE = "core"
@@ -49,6 +51,7 @@ class RunSettings:
     debug: bool = False
     metrics: list[str | UserMetric] = field(default_factory=list)  # --metric
     budgets: dict[str, float] = field(default_factory=dict)  # --budget NAME=VALUE, for every step
+    step_cache: StepCache | None = None  # reuse transform results keyed by content (edgeplug search)
 
 
 @dataclass
@@ -261,6 +264,9 @@ class Pipeline:
             self.report["seconds"] = round(time.perf_counter() - start, 3)
             if self.out.exists():
                 write_json(self.out / "report.json", self.report)
+                report_html.write(self.report, self.out / "report.html")
+            if not self.settings.quiet and self.report["steps"]:
+                print_summary(self.report)  # stdout; on failure the table ends at the failing step
 
     @property
     def final_path(self) -> Path:
@@ -305,11 +311,13 @@ class Pipeline:
         self.report["original"] = {"metrics": self.measure(original, original_out, orig_path)}
 
         prev_out = original_out
+        lossy: tuple[float, int, Model, Model] | None = None
         transforms = [n for n in self.chain if plugins.has_hook(self.pm, "transform_graph", n)]
         for index, name in enumerate(transforms, 1):  # a compile-only plugin (neon) has no step row
             step, new_model, new_out = self.step(index, name, model, prev_out, original_out)
             self.report["steps"].append(step)
             if step["status"] == "applied":
+                lossy = self.lossiest(step, model, new_model, lossy)
                 model, prev_out = new_model, new_out
             elif step["status"] == "failed":
                 if s.on_fail == "skip":
@@ -318,6 +326,8 @@ class Pipeline:
                 else:
                     raise VerificationError(f"step {index} ({name}) failed: {step['error']}", step=name)
 
+        if lossy is not None and lossy[0] > 0:
+            self.report["profile"] = self.profile(*lossy[1:])
         final_path = self.final_path
         model.save(final_path)
         artifact = self.compile(model, final_path, prev_out)
@@ -340,9 +350,35 @@ class Pipeline:
         }
         write_json(self.out / f"{self.stem}.edgeplug.json", sidecar)
         self.report["status"] = "ok"
-        if not s.quiet:
-            print_summary(self.report)
         return RunResult(model, self.report, self.out, artifact)
+
+    @staticmethod
+    def lossiest(
+        step: dict[str, Any],
+        before: Model,
+        after: Model | None,
+        worst: tuple[float, int, Model, Model] | None,
+    ) -> tuple[float, int, Model, Model] | None:
+        """Keep the applied step that lost the most (lowest per-sample cosine against the model before it)."""
+        outputs = step["verification"]["vs_previous"].values()
+        cosines = [m["min_sample_cosine"] for m in outputs if "min_sample_cosine" in m]
+        loss = 1.0 - min(cosines) if cosines else 0.0
+        if after is None or (worst is not None and worst[0] >= loss):
+            return worst
+        return loss, step["index"], before, after
+
+    def profile(self, index: int, before: Model, after: Model) -> dict[str, Any]:
+        """The layer-wise error profile of the most lossy step (for report.html), on one validation sample."""
+        found = verify.first_divergence(
+            before, after, self.data.validation[0], Tolerance(min_cosine=0.999), self.qdq_as_float
+        )
+        found = found or {}
+        return {
+            "index": index,
+            "rows": found.get("profile", []),
+            "first_diverging": found.get("node"),
+            "criterion": "cosine 0.999",
+        }
 
     def resolve_budgets(self, original_out: dict[str, Any]) -> None:
         """Refuse metrics that do not apply to the model; fix relative default budgets on its own scores."""
@@ -356,6 +392,31 @@ class Pipeline:
             if name in self.contexts:
                 self.contexts[name].user_budgets = self.user_budgets[name]
         self.report["settings"]["tolerances"] = {n: t.as_dict() for n, t in self.tolerances.items()}
+
+    def cache_key(self, name: str, model_bytes: bytes, ctx: RunContext) -> str:
+        """Everything a step's result depends on (step_cache.py)."""
+        from .report import tool_versions
+
+        caps = self.capabilities[name]
+        parts: dict[str, Any] = {
+            "model": hashlib.sha256(model_bytes).hexdigest(),
+            "plugin": [name, *plugins.distribution_of(name)],
+            "options": self.options.get(name, {}),
+            "tolerance": ctx.tolerance.as_dict(),
+            "chain": [sorted(ctx.downstream), sorted(ctx.upstream), sorted(ctx.target), ctx.qdq_as_float],
+            "data": [
+                data_fingerprint(self.data.calibration, self.data.calibration_labels),
+                data_fingerprint(self.data.validation, self.data.validation_labels),
+                self.data.source,
+            ],
+            "tools": tool_versions(),
+            "seed": self.settings.seed,
+        }
+        if caps.machine_dependent:
+            from .cpu import cpu_info
+
+            parts["machine"] = [cpu_info(), self.settings.threads]
+        return step_key(parts)
 
     def judge(self, name: str, reference: dict[str, Any], candidate: dict[str, Any]) -> verify.Verdict:
         return verify.judge(
@@ -384,8 +445,18 @@ class Pipeline:
         self.log(f"[{name}] transform_graph")
         before = model.serialized()
         t0 = time.perf_counter()
+        key = self.cache_key(name, before, ctx) if self.settings.step_cache is not None else None
+        cached = self.settings.step_cache.get(key) if key else None
         try:
-            new = plugins.call_one(self.pm, "transform_graph", name, model=model, ctx=ctx)
+            if cached is not None:
+                entry["cache"] = "hit"
+                ctx.details.update(cached.details)
+                new = None if cached.proto is None else model.replace(cached.proto, name)
+            else:
+                new = plugins.call_one(self.pm, "transform_graph", name, model=model, ctx=ctx)
+                if key and isinstance(new, Model | type(None)) and model.serialized() == before:
+                    self.settings.step_cache.put(key, None if new is None else new.proto, ctx.details)
+                    entry["cache"] = "miss"
         except EdgeplugError:
             raise
         except Exception as exc:

@@ -88,6 +88,12 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
+def distribution_of(name: str) -> tuple[str, str]:
+    """(distribution, version) of a loaded plugin."""
+    load_plugins()
+    return _dists.get(name, ("?", "?"))
+
+
 def broken() -> dict[str, str]:
     """Plugins that failed to import, with their error."""
     load_plugins()

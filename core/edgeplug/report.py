@@ -92,43 +92,76 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _size(n: int | None) -> str:
+def size_text(n: int | None) -> str:
+    """Bytes as text: 812 B, 78.5 KB, 13.4 MB (the model file plus its external data)."""
     if n is None:
         return "-"
+    value = float(n)
     for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
     return str(n)
 
 
-def _fidelity(verification: dict[str, Any] | None) -> str:
-    if not verification:
-        return "-"
-    vs = verification.get("vs_original") or {}
+def metric_columns(report: dict[str, Any]) -> list[str]:
+    """The metrics the steps report, in the order the run names them (cosine and top1 when present)."""
+    names: list[str] = []
+    for step in report.get("steps") or []:
+        for name in (step.get("verification") or {}).get("metrics_vs_original") or {}:
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def ratios(original: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """What a model bought against the original: '4.0x smaller, 2.9x faster'."""
     parts = []
-    for m in vs.values():
-        if "cosine" in m:
-            parts.append(f"cos {m['cosine']:.4f}")
-        if "top1" in m:
-            parts.append(f"top1 {m['top1']:.3f}")
-        break
-    return ", ".join(parts) or "-"
+    size, base = metrics.get("size_bytes"), original.get("size_bytes")
+    if size and base:
+        factor = base / size
+        parts.append(f"{factor:.2f}x smaller" if factor >= 1 else f"{1 / factor:.2f}x larger")
+    lat, base_lat = (
+        (metrics.get("latency") or {}).get("p50_ms"),
+        (original.get("latency") or {}).get("p50_ms"),
+    )
+    if lat and base_lat:
+        factor = base_lat / lat
+        parts.append(f"{factor:.2f}x faster" if factor >= 1 else f"{1 / factor:.2f}x slower")
+    return ", ".join(parts)
 
 
 def summary_table(report: dict[str, Any]) -> str:
-    """A fixed-width table: step, status, size, nodes, params (non-zero), latency, fidelity vs original."""
-    header = ("step", "status", "size", "nodes", "params (nonzero)", "p50 ms", "accuracy", "vs original")
-    rows = [header]
+    """A fixed-width table, one row per step up to the last one run: status, size, p50, parameters (unique
+    weights; Q/DQ scales and zero points not counted), every metric against the original, and ratios."""
+    names = metric_columns(report)
+    header = ("step", "status", "size", "p50 ms", "params", *names, "vs original")
+    rows: list[tuple[str, ...]] = [header]
     orig = report.get("original", {}).get("metrics", {})
-    rows.append(_row("original", "-", orig, None))
+    rows.append(
+        (
+            "original",
+            "-",
+            size_text(orig.get("size_bytes")),
+            _p50(orig),
+            _params(orig),
+            *["-"] * len(names),
+            "-",
+        )
+    )
     for step in report["steps"]:
+        m = step.get("metrics") or {}
+        values = (step.get("verification") or {}).get("metrics_vs_original") or {}
+        cells = tuple(_metric(values.get(n)) for n in names)
         rows.append(
-            _row(
+            (
                 f"{step['index']}. {step['plugin']}",
                 step["status"],
-                step.get("metrics") or {},
-                step.get("verification"),
+                size_text(m.get("size_bytes")),
+                _p50(m),
+                _params(m),
+                *cells,
+                ratios(orig, m) if m else (step.get("error") or "-")[:60],
             )
         )
     comp = report.get("compile")
@@ -143,8 +176,7 @@ def summary_table(report: dict[str, Any]) -> str:
                 "-",
                 "-",
                 "-",
-                "-",
-                "-",
+                *["-"] * len(names),
                 files or "-",
             )
         )
@@ -154,22 +186,23 @@ def summary_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _row(name: str, status: str, m: dict[str, Any], verification: dict[str, Any] | None) -> tuple[str, ...]:
-    params = f"{m['parameters']:,} ({m['nonzero_parameters']:,})" if "parameters" in m else "-"
-    latency = f"{m['latency']['p50_ms']:.2f}" if m.get("latency") else "-"
-    acc = f"{m['accuracy']:.4f}" if m.get("accuracy") is not None else "-"
-    return (
-        name,
-        status,
-        _size(m.get("size_bytes")),
-        str(m.get("nodes", "-")),
-        params,
-        latency,
-        acc,
-        _fidelity(verification),
-    )
+def _p50(m: dict[str, Any]) -> str:
+    return f"{m['latency']['p50_ms']:.2f}" if m.get("latency") else "-"
+
+
+def _params(m: dict[str, Any]) -> str:
+    if "parameters" not in m:
+        return "-"
+    if m.get("nonzero_parameters", m["parameters"]) != m["parameters"]:
+        return f"{m['parameters']:,} ({m['nonzero_parameters']:,} nonzero)"
+    return f"{m['parameters']:,}"
+
+
+def _metric(found: dict[str, Any] | None) -> str:
+    value = (found or {}).get("value")
+    return "-" if value is None else f"{value:.4f}"
 
 
 def print_summary(report: dict[str, Any], stream: Any = None) -> None:
-    stream = stream or sys.stderr
-    print(summary_table(report), file=stream)
+    """The table on stdout (so it can be piped), ending at the failing step when a run failed."""
+    print(summary_table(report), file=stream or sys.stdout)

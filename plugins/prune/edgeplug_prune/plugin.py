@@ -18,6 +18,7 @@ from .keras_training import TRAINED_KEY, TRAINED_STEP, is_keras, prune_keras
 from .magnitude import has_float_weights, is_quantized, prune_weights
 from .reconstruct import reconstruct
 from .search import bisect_sparsity
+from .sensitivity import channel_sensitivity
 from .settings import PruneSettings
 from .storage import densify, has_sparse_constants, sizes, to_sparse
 from .structured import prune_channels
@@ -119,6 +120,8 @@ def transform_graph(model: Model, ctx: RunContext) -> Model | None:
         return None
     info.update(details)
     info["sparsity_target"] = sparsity if cfg.mode != "nm" else cfg.nm[0] / cfg.nm[1]
+    if cfg.sensitivity and cfg.mode == "structured":
+        info["sensitivity"] = channel_sensitivity(model, cfg, sparsity, ctx)
     return _finish(model, proto, ctx, cfg, info)
 
 

@@ -78,6 +78,12 @@ def options() -> list[Option]:
             [],
             "per-layer sparsity by name pattern, e.g. conv1*:0.2,fc:0 (0 spares the layer)",
         ),
+        Option(
+            "sensitivity",
+            "bool",
+            False,
+            "structured: also measure each channel group's sensitivity (output cosine when only it is pruned)",
+        ),
         Option("epochs", "int", 2, "Keras models: fine-tuning epochs while pruning with tfmot"),
         Option("batch_size", "int", 32, "Keras models: fine-tuning batch size"),
         Option(
@@ -106,6 +112,7 @@ class PruneSettings:
     depthwise_sparsity: float | None = None
     skip_first_last: bool = True
     overrides: tuple[Override, ...] = field(default_factory=tuple)
+    sensitivity: bool = False
     epochs: int = 2
     batch_size: int = 32
 
@@ -134,6 +141,7 @@ class PruneSettings:
             depthwise_sparsity=dw,
             skip_first_last=bool(values.get("skip_first_last", True)),
             overrides=parse_overrides(values.get("overrides") or []),
+            sensitivity=bool(values.get("sensitivity", False)),
             epochs=epochs,
             batch_size=batch,
         )
