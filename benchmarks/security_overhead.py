@@ -41,10 +41,10 @@ MODES = {
     "baseline": None,
     "checks": {"isolate": False},
     "squeeze": {"isolate": False, "squeeze": True},
-    "isolated": {"isolate": True},
-    "isolated+squeeze": {"isolate": True, "squeeze": True},
+    "isolated": {"isolate": True, "timeout_s": 60.0, "memory_mb": 4096},
+    "isolated+squeeze": {"isolate": True, "squeeze": True, "timeout_s": 60.0, "memory_mb": 4096},
 }
-COMMON = {"min_confidence": 0.001, "deny_labels": ["999"], "timeout_s": 60.0, "memory_mb": 4096}
+COMMON = {"min_confidence": 0.001, "deny_labels": ["999"]}  # timeout and memory apply to the worker only
 
 
 def guarded_resnet50(folder: Path, threads: int) -> Path:

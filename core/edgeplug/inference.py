@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,12 +9,13 @@ from typing import Any
 import numpy as np
 
 from . import plugins
-from .context import Artifact, InferenceRequest, InferenceResult, sha256_file
+from .context import Artifact, InferenceRequest, InferenceResult, Runner
 from .data import check_names, conform, read_arrays
 from .errors import ModelError, OptionError, PluginError
 from .model import Model
 from .options import read_config, resolve
 from .pipeline import CORE
+from .run_record import RunRecord, sidecar_path
 from .runtime import run_all, run_each, session
 
 
@@ -30,7 +30,9 @@ def infer(
 ) -> InferenceResult:
     """Run `model` on `inputs` (a dict or a .npz) through the selected guard plugins, outermost first.
     With `artifact=True` the compiled artifact recorded in the model's sidecar (an engine, a C library)
-    runs instead of the .onnx, through the `make_runner` of the plugin that can run it."""
+    runs instead of the .onnx, through the `make_runner` of the plugin that can run it: every file of it
+    is checked against the sidecar first, and its runner is made only when the model first runs, after
+    every guard has made its checks, so no byte of the artifact is loaded before then."""
     pm = plugins.load_plugins()
     guards = list(guards)
     plugins.check_selection(pm, guards)
@@ -54,18 +56,24 @@ def infer(
     sessions: list[Any] = []
 
     compiled = recorded_artifact(path) if artifact else None
-    runner = pm.hook.make_runner(artifact=compiled, options={"threads": threads}) if compiled else None
-    if compiled is not None and runner is None:
-        raise PluginError(
-            f"no installed plugin can run the {compiled.kind} artifact of {path} on this machine"
-        )
+    runners: list[Runner] = []
+
+    def artifact_runner(artifact_: Artifact) -> Runner:
+        if not runners:
+            made = pm.hook.make_runner(artifact=artifact_, options={"threads": threads})
+            if made is None:
+                raise PluginError(
+                    f"no installed plugin can run the {artifact_.kind} artifact of {path} on this machine"
+                )
+            runners.append(made)
+        return runners[0]
 
     def one_by_one(feed_: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
         return [{k: v[i : i + 1] for k, v in feed_.items()} for i in range(len(next(iter(feed_.values()))))]
 
     def run(feed_: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if runner is not None:  # compiled artifacts run one sample at a time, as verification ran them
-            return run_each(runner, one_by_one(feed_))
+        if compiled is not None:  # compiled artifacts run one sample at a time, as verification ran them
+            return run_each(artifact_runner(compiled), one_by_one(feed_))
         if not sessions:  # created on first use: a guard that runs the model elsewhere never pays for it
             sessions.append(session(loaded.serialized(), threads))
         return run_all(sessions[0], one_by_one(feed_) if split else [feed_])
@@ -86,23 +94,17 @@ def infer(
 
 
 def recorded_artifact(model: Path) -> Artifact:
-    """The compiled artifact that `edgeplug run` recorded in `<stem>.edgeplug.json`, its files' sha256 checked."""
-    sidecar = model.with_name(f"{model.stem}.edgeplug.json")
-    try:
-        record = json.loads(sidecar.read_text())["artifact"]
-    except (OSError, ValueError, KeyError, TypeError):
-        record = None
-    if not record or record.get("kind") in (None, "onnx") or "paths" not in record:
+    """The compiled artifact that `edgeplug run` recorded in `<stem>.edgeplug.json`: every recorded path
+    confined to the model's folder (relative, no `..`, no symlink, a regular file) and hashed against the
+    record, then copied as hashed into a private folder that the returned Artifact names (run_record.py).
+    Nothing of it is loaded here."""
+    record = RunRecord.find(model)
+    if record is None:
         raise ModelError(
-            f"{model}: its sidecar {sidecar.name} records no compiled artifact (run a compile plugin)"
+            f"{model}: no sidecar {sidecar_path(model).name} beside it, so it records no compiled artifact "
+            "(run a compile plugin with `edgeplug run`)"
         )
-    files = tuple(model.parent / p for p in record["paths"])
-    for file in files:
-        if not file.is_file():
-            raise ModelError(f"artifact file {file} recorded for {model.name} is missing")
-        if sha256_file(file) != record["files"].get(file.name):
-            raise ModelError(f"artifact file {file} does not match its recorded sha256: tampered or replaced")
-    return Artifact(record["kind"], files, dict(record["files"]), dict(record.get("info") or {}))
+    return record.artifact_for(model)
 
 
 def _inputs(inputs: Mapping[str, np.ndarray] | str | Path, model: Model) -> dict[str, np.ndarray]:

@@ -16,13 +16,14 @@ import numpy as np
 from . import bench, plugins, report_html, verify
 from .budgets import RunMetrics
 from .capabilities import INT8_EXACT, QDQ_INT8, Capabilities, chain_views, forms_of, refusal
-from .context import Artifact, RunContext, sha256_file
+from .context import Artifact, RunContext
 from .data import Dataset, Preprocess, load_data
 from .errors import EdgeplugError, ModelError, OptionError, PluginError, VerificationError
 from .metrics import UserMetric
 from .model import Model
 from .options import read_config, resolve, settings_instance
 from .report import new_report, print_summary, write_json
+from .run_record import RunRecord, sidecar_path
 from .runtime import run_each
 from .step_cache import StepCache, data_fingerprint, step_key
 from .tolerance import Tolerance, check_tolerance_values, split_tolerance
@@ -331,24 +332,14 @@ class Pipeline:
         final_path = self.final_path
         model.save(final_path)
         artifact = self.compile(model, final_path, prev_out)
-        digest = sha256_file(final_path)
-        self.report["final"] = {"path": str(final_path), "sha256": digest, "history": list(model.history)}
-        data_file = final_path.with_name(f"{final_path.name}.data")
-        sidecar = {
-            "model": final_path.name,
-            "sha256": digest,
-            "external_data": {data_file.name: sha256_file(data_file)} if data_file.exists() else {},
-            "steps": list(model.history),
-            "artifact": {
-                "kind": artifact.kind,
-                "files": dict(artifact.sha256),
-                "paths": [_relative(f, self.out) for f in artifact.files],
-                "info": {k: v for k, v in artifact.info.items() if k != "tolerance"},
-            }
-            if artifact
-            else None,
+        record = RunRecord.of_run(final_path, model.history, artifact)
+        self.report["final"] = {
+            "path": str(final_path),
+            "sha256": record.sha256,
+            "history": list(model.history),
+            "record": str(sidecar_path(final_path)),
+            "record_sha256": record.write(self.out),  # what `-o security.sha256=` pins
         }
-        write_json(self.out / f"{self.stem}.edgeplug.json", sidecar)
         self.report["status"] = "ok"
         return RunResult(model, self.report, self.out, artifact)
 
@@ -590,13 +581,6 @@ class Pipeline:
             raise VerificationError(
                 f"compiled {artifact.kind} differs from the model: {'; '.join(failures)}", step=self.compiler
             )
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(root.resolve()))
-    except ValueError:
-        return str(path)
 
 
 def bought(

@@ -42,6 +42,7 @@ from .metrics import MetricSpec, MetricValue, Ragged, is_logits, load_function
 from .model import Model, TensorSpec, get_metadata, restore_model_fields, set_metadata
 from .options import Option, option, parse_duration
 from .report import write_json
+from .run_record import RunRecord, sidecar_path
 from .runtime import run_all, run_each, session
 from .tolerance import Tolerance
 from .verify import (
@@ -83,6 +84,7 @@ __all__ = [
     "PluginError",
     "Ragged",
     "RunContext",
+    "RunRecord",
     "Runner",
     "TensorSpec",
     "Tolerance",
@@ -110,5 +112,6 @@ __all__ = [
     "session",
     "set_metadata",
     "sha256_file",
+    "sidecar_path",
     "write_json",
 ]

@@ -1,9 +1,13 @@
-"""report.json (schema below) and the terminal summary, one row per step.
+"""report.json (schema below), and the summary table printed on stdout, one row per step.
 
-Schema (version 1): {schema_version, created, tools, cpu, execution_provider, threads, seed, settings,
-data, original: {metrics, path}, steps: [{index, plugin, status, seconds, tolerance, verification:
-{vs_previous, vs_original, passed, failures, divergence}, metrics, bought, details, path, error}],
-compile, final: {path, sha256}, status}.
+Schema (version 2): {schema_version, created, tools, cpu, execution_provider, evaluation, threads, seed,
+settings: {model, plugins, options, tolerances, metrics, budgets, capabilities, ...}, data, reference_scores,
+original: {metrics}, steps: [{index, plugin, status, seconds, cache, tolerance, verification: {vs_previous,
+vs_original, metrics, metrics_vs_original, budgets, passed, failures, notes, divergence}, metrics, bought,
+details, path, error}], compile: {plugin, status, kind, files, sha256, info, details, verification},
+final: {path, sha256, history, record (the sidecar), record_sha256 (what security.sha256 pins)},
+profile (the most lossy step's layer-wise errors), search (edgeplug search only), status, error, seconds}.
+Strict JSON: NaN and infinities are written as null.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def tool_versions() -> dict[str, str]:
@@ -205,4 +209,4 @@ def _metric(found: dict[str, Any] | None) -> str:
 
 def print_summary(report: dict[str, Any], stream: Any = None) -> None:
     """The table on stdout (so it can be piped), ending at the failing step when a run failed."""
-    print(summary_table(report), file=stream or sys.stdout)
+    print(summary_table(report), file=stream or sys.stdout, flush=True)

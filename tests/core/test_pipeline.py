@@ -254,7 +254,7 @@ def test_compiled_artifact_is_verified_through_make_runner(tiny_model, tmp_path)
     assert report["compile"]["kind"] == "onnx-external"
     assert report["compile"]["verification"]["passed"] is True
     sidecar = json.loads((tmp_path / "ok" / "tiny.edgeplug.json").read_text())
-    assert set(sidecar["artifact"]["files"]) == {"model.onnx", "weights.bin"}
+    assert set(sidecar["artifact"]["files"]) == {"external/model.onnx", "external/weights.bin"}
     assert bad.exit_code == 1
     assert "compiled onnx-external differs from the model" in bad.output
 

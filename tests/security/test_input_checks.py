@@ -123,3 +123,25 @@ def test_unknown_and_missing_inputs() -> None:
         check_inputs({"x": np.zeros((1, 3, 4, 8), np.float32), "y": np.zeros(1)}, SPEC, batch_free=False)
     with pytest.raises(GuardRefusal, match="input 'x' is missing"):
         check_inputs({}, SPEC, batch_free=False)
+
+
+@pytest.mark.parametrize("isolate", [True, False])
+def test_check_inputs_false_lets_out_of_range_and_nan_inputs_reach_the_model(
+    guarded_digits: Path, digits: tuple[np.ndarray, np.ndarray], isolate: bool
+) -> None:
+    """With the default the guard refuses these inputs; with `check_inputs=false` the model computes on
+    them, exactly as it does unguarded (the integrity check still applies)."""
+    x = digits[0][:2].copy()
+    x[0] *= 255.0  # outside the recorded [-0.05, 1.05]
+    x[1, 0, 3, 4] = np.nan
+    checked = {"security": {"isolate": isolate}}
+    with pytest.raises(GuardRefusal, match="outside its allowed range"):
+        edgeplug.infer(guarded_digits, {"input": x[:1]}, ["security"], checked)
+    with pytest.raises(GuardRefusal, match=r"holds 1 NaN value\(s\)"):
+        edgeplug.infer(guarded_digits, {"input": x[1:]}, ["security"], checked)
+    options = {"security": {"check_inputs": False, "isolate": isolate}}
+    guarded = edgeplug.infer(guarded_digits, {"input": x}, ["security"], options)
+    plain = edgeplug.infer(guarded_digits, {"input": x})
+    np.testing.assert_array_equal(guarded.outputs["logits"], plain.outputs["logits"])
+    assert np.isnan(guarded.outputs["logits"][1]).all() and np.isfinite(guarded.outputs["logits"][0]).all()
+    assert guarded.flags["model_sha256"]  # the model was still checked

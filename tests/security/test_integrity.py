@@ -13,6 +13,7 @@ import onnx
 import pytest
 from edgeplug import GuardRefusal
 from edgeplug.context import sha256_file
+from edgeplug.run_record import RunRecord
 from edgeplug_security.integrity import all_tensors, verify_model
 from onnx import numpy_helper
 
@@ -165,3 +166,24 @@ def test_pinned_sha256(example_model: Path, digits: tuple[np.ndarray, np.ndarray
     assert result.flags["model_sha256"] == digest
     line = error_line(infer_cli(example_model, {"input": digits[0][:1]}, tmp_path, f"sha256={'0' * 64}"))
     assert line.endswith("does not match the pinned sha256 (security.sha256): tampered or replaced")
+
+
+def test_with_a_run_record_the_pin_is_the_records_sha256(
+    copy: Path, digits: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    """One pin covers everything the record hashes: a tampered model with a record rewritten to match
+    passes unpinned (a checksum is not a signature) and is refused under the pin of the original record."""
+    x = {"input": digits[0][:1]}
+    pin = sha256_file(copy.with_name("digits_cnn.edgeplug.json"))
+    pinned = edgeplug.infer(copy, x, ["security"], {"security": {"sha256": pin}})
+    assert pinned.flags["model_sha256"] == sha256_file(copy)
+    line = error_line(infer_cli(copy, x, tmp_path, f"sha256={sha256_file(copy)}"))
+    assert "security.sha256 pins the run record digits_cnn.edgeplug.json when the model has one" in line
+    tamper(copy)
+    RunRecord.of_run(copy).write(copy.parent)
+    assert edgeplug.infer(copy, x, ["security"]).flags["model_sha256"] == sha256_file(copy)
+    line = error_line(infer_cli(copy, x, tmp_path, f"sha256={pin}"))
+    assert line == (
+        f"edgeplug: error: run record digits_cnn.edgeplug.json of model {copy} does not match the pinned "
+        "sha256 (security.sha256): tampered or replaced"
+    )

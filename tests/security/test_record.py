@@ -10,7 +10,7 @@ import edgeplug
 import numpy as np
 import onnx
 import pytest
-from edgeplug import OptionError
+from edgeplug import GuardRefusal, OptionError
 from edgeplug.model import get_metadata
 
 from .conftest import cli
@@ -54,14 +54,24 @@ def test_margin_widens_the_observed_range(
     assert record_of(result.output_dir / "digits_cnn.onnx")["inputs"]["input"]["range"] == [-0.25, 1.25]
 
 
-def test_generated_data_records_no_range_and_no_threshold(example_model: Path, tmp_path: Path) -> None:
+def test_generated_data_records_no_range_and_no_threshold(
+    example_model: Path, guarded_digits: Path, tmp_path: Path
+) -> None:
     result = edgeplug.optimize(example_model, ["security"], output_dir=tmp_path)
-    record = record_of(result.output_dir / "digits_cnn.onnx")
+    model = result.output_dir / "digits_cnn.onnx"
+    record = record_of(model)
     assert record["inputs"]["input"]["range"] is None
     assert record["inputs"]["input"]["shape"] == ["batch", 1, 8, 8]
     assert record["squeeze"] is None
-    x = np.full((1, 1, 8, 8), 7.0, np.float32)  # no range known: only dtype/shape/finite checks apply
-    assert edgeplug.infer(result.output_dir / "digits_cnn.onnx", {"input": x}, ["security"]).outputs
+    x = np.full((1, 1, 8, 8), 7.0, np.float32)  # far outside any image range
+    with pytest.raises(GuardRefusal, match="outside its allowed range"):  # where a range was recorded
+        edgeplug.infer(guarded_digits, {"input": x}, ["security"])
+    guarded = edgeplug.infer(model, {"input": x}, ["security"])  # no range: only dtype/shape/finite checks
+    np.testing.assert_array_equal(
+        guarded.outputs["logits"], edgeplug.infer(model, {"input": x}).outputs["logits"]
+    )
+    with pytest.raises(OptionError, match=r"security\.squeeze needs a model recorded by"):  # no threshold
+        edgeplug.infer(model, {"input": x}, ["security"], {"security": {"squeeze": True}})
 
 
 def test_bad_range_option_is_refused(example_model: Path, example_test_data: Path, tmp_path: Path) -> None:

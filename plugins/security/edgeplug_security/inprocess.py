@@ -54,7 +54,9 @@ def _load(
         raise GuardRefusal(f"model {path} changed on disk after it was checked: tampered or replaced")
     changed = changed_external_data(path, external_sha256)
     if changed:
-        raise GuardRefusal(f"external data file {changed} of model {path} changed on disk after it was checked")
+        raise GuardRefusal(
+            f"external data file {changed} of model {path} changed on disk after it was checked"
+        )
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1

@@ -1,11 +1,15 @@
-"""Model integrity: the sha256 of the model and of its external data files that the core records in
-`<stem>.edgeplug.json` beside the optimized model are checked before guarded inference; external data must
-stay inside the model's folder."""
+"""Model integrity: the run record `<stem>.edgeplug.json` that the core writes beside the optimized model
+(edgeplug.run_record) vouches for the model's sha256, its external data files and its compiled artifact;
+a pinned `security.sha256` vouches for that record. Checked before guarded inference loads anything.
+
+What `security.sha256` pins: the sha256 of the sidecar file `<stem>.edgeplug.json` when the model has
+one (so one pin covers the model, its external data and every artifact file, all hashed in it); the
+sha256 of the `.onnx` file itself only for a model without a sidecar, which then may not keep tensors in
+external data files (nothing would vouch for them)."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import threading
 from collections.abc import Iterator, Mapping
@@ -13,68 +17,80 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
-from edgeplug import GuardRefusal
-from edgeplug.context import sha256_file
+from edgeplug import Artifact, GuardRefusal, ModelError
+from edgeplug.run_record import RunRecord, sidecar_path
 
-ExternalHashes = tuple[tuple[str, str], ...]  # (file name beside the model, sha256), sorted
+ExternalHashes = tuple[tuple[str, str], ...]  # (path relative to the model's folder, sha256), sorted
 StatKey = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
 
 
 @dataclass(frozen=True)
 class Verified:
-    """A model file that passed the checks: its sha256, whether a sidecar vouched for it, whether it keeps
-    tensors in external data files, and the sha256 of those files as checked against the sidecar."""
+    """A model file that passed the checks: its sha256, the run record that vouched for it (None when
+    none did), whether it keeps tensors in external data files, and the sha256 of those files as checked
+    against the record."""
 
     sha256: str
-    recorded: bool
+    record: RunRecord | None
     external: bool
     external_sha256: ExternalHashes = ()
 
+    @property
+    def recorded(self) -> bool:
+        return self.record is not None
 
-@dataclass(frozen=True)
-class _Sidecar:
-    sha256: str
-    external_data: dict[str, str] | None  # None: the sidecar predates `external_data` (records none)
+    @property
+    def pinnable(self) -> str:
+        """The digest `security.sha256` is compared with: the sidecar's, or the model's without one."""
+        return self.record.digest if self.record is not None and self.record.digest else self.sha256
 
 
-# Verified files by (path, stat of the model, stat of the sidecar), each stat being (inode, size, mtime_ns,
-# ctime_ns): ctime cannot be set back by a user, so any write to a file after a check changes the key and
-# forces a fresh hash. The stats of the external data files are kept with the entry and compared on a hit.
+# Verified files by (path, stat of the model, lstat of the sidecar), each stat being (inode, size,
+# mtime_ns, ctime_ns): ctime cannot be set back by a user, so any write to a file after a check changes
+# the key and forces a fresh hash. The stats of the external data files are kept with the entry and
+# compared on a hit.
 _cache: dict[tuple[str, StatKey, StatKey | None], tuple[Verified, dict[str, StatKey | None]]] = {}
 _lock = threading.Lock()
 
 
 def sidecar_for(path: Path) -> Path:
     """Where the core writes the run's record of the final model: `<stem>.edgeplug.json` beside it."""
-    return path.with_name(f"{path.stem}.edgeplug.json")
+    return sidecar_path(path)
 
 
-def _stat(path: Path) -> StatKey | None:
+def _stat(path: Path, follow: bool = True) -> StatKey | None:
     try:
-        st = path.stat()
+        st = path.stat() if follow else path.lstat()
     except OSError:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def verify_model(path: Path, require_hash: bool, pinned: str | None = None) -> Verified:
-    """Hash `path` (and every external data file its sidecar records) and compare with the sidecar and with
-    `pinned` (a sha256 given out of band); GuardRefusal on a mismatch, on no hash to compare with when
-    `require_hash`, on an unreadable sidecar, on external data escaping the model's folder, or on external
-    data the sidecar does not vouch for."""
+    """Hash `path` (and every external data file its run record lists) and compare with the record, and
+    the record (or, without one, the model) with `pinned`; GuardRefusal on a mismatch, on no hash to
+    compare with when `require_hash`, on an unreadable record, on external data escaping the model's
+    folder, or on external data nothing vouches for."""
     path = Path(path)
     try:
         st = path.stat()
     except OSError as exc:
         raise GuardRefusal(f"model {path} cannot be read: {exc.strerror}") from None
     sidecar = sidecar_for(path)
-    key = (str(path.resolve()), (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), _stat(sidecar))
+    key = (
+        str(path.resolve()),
+        (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns),
+        _stat(sidecar, False),
+    )
     with _lock:
         cached = _cache.get(key)
     if cached is not None and _still_valid(path, cached, require_hash):
-        _check_pinned(path, cached[0].sha256, pinned)
+        _check_pinned(path, cached[0], pinned)
         return cached[0]
-    record = _read_sidecar(path, sidecar) if key[2] is not None else None
+    try:
+        record = RunRecord.find(path) if key[2] is not None else None
+    except ModelError as exc:
+        raise GuardRefusal(str(exc)) from None
     if record is None and pinned is None and require_hash:
         raise GuardRefusal(
             f"model {path} has no {sidecar.name} recording its sha256 (write one with `edgeplug run ... "
@@ -83,26 +99,32 @@ def verify_model(path: Path, require_hash: bool, pinned: str | None = None) -> V
         )
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
-    if record is not None and digest != record.sha256:
-        raise GuardRefusal(f"model {path} does not match its recorded sha256: tampered or replaced")
-    _check_pinned(path, digest, pinned)
+    try:
+        if record is not None:
+            record.check_model(path, data)
+    except ModelError as exc:
+        raise GuardRefusal(str(exc)) from None
     locations = _check_locations(data, path)
+    result = Verified(digest, record, bool(locations))
+    _check_pinned(path, result, pinned)
     files: dict[str, StatKey | None] = {}
-    hashes: ExternalHashes = ()
     if record is not None:
-        names = set(locations) | set(record.external_data or {})
+        names = set(locations) | {name for name, _ in record.external_data}
         files = {name: _stat(path.parent / name) for name in names}  # before hashing: a later write shows
-        hashes = _check_external_hashes(path, sidecar, locations, record.external_data)
-    result = Verified(digest, record is not None, bool(locations), hashes)
+        result = Verified(digest, record, bool(locations), _check_external_hashes(path, record, locations))
+    elif locations and pinned is not None:
+        raise GuardRefusal(
+            f"model {path} keeps tensors in external data file {sorted(locations)[0]}, which a pinned sha256 "
+            f"of the .onnx file alone does not cover: write a run record with `edgeplug run` and pin the "
+            f"sha256 of its {sidecar.name}"
+        )
     if record is not None or pinned is None:  # a pinned-only check is redone: the pin may change per call
         with _lock:
             _cache[key] = (result, files)
     return result
 
 
-def _still_valid(
-    path: Path, cached: tuple[Verified, dict[str, StatKey | None]], require_hash: bool
-) -> bool:
+def _still_valid(path: Path, cached: tuple[Verified, dict[str, StatKey | None]], require_hash: bool) -> bool:
     """A cached check holds when it satisfies `require_hash` and no external data file changed since."""
     verified, files = cached
     if not (verified.recorded or not require_hash):
@@ -110,57 +132,59 @@ def _still_valid(
     return all(_stat(path.parent / name) == stat for name, stat in files.items())
 
 
-def _check_pinned(path: Path, digest: str, pinned: str | None) -> None:
-    if pinned is not None and digest != pinned.strip().lower():
+def _check_pinned(path: Path, verified: Verified, pinned: str | None) -> None:
+    if pinned is None:
+        return
+    pin = pinned.strip().lower()
+    if verified.record is None:
+        if verified.sha256 != pin:
+            raise GuardRefusal(
+                f"model {path} does not match the pinned sha256 (security.sha256): tampered or replaced"
+            )
+        return
+    if verified.pinnable == pin:
+        return
+    sidecar = sidecar_for(path).name
+    if verified.sha256 == pin:
         raise GuardRefusal(
-            f"model {path} does not match the pinned sha256 (security.sha256): tampered or replaced"
+            f"security.sha256 pins the run record {sidecar} when the model has one (one pin for the model, "
+            f"its external data and its artifact); the value given is the .onnx file's own sha256: pin "
+            f"the sha256 of {sidecar} instead"
         )
+    raise GuardRefusal(
+        f"run record {sidecar} of model {path} does not match the pinned sha256 (security.sha256): "
+        "tampered or replaced"
+    )
 
 
-def _read_sidecar(path: Path, sidecar: Path) -> _Sidecar:
+def check_artifact(path: Path, verified: Verified, artifact: Artifact) -> None:
+    """The artifact about to run is byte for byte the one the verified (and pinned) record lists."""
+    if verified.record is None:
+        raise GuardRefusal(
+            f"model {path} has no run record {sidecar_for(path).name} vouching for its artifact"
+        )
     try:
-        record = json.loads(sidecar.read_text())
-        digest = str(record["sha256"])
-        name = record.get("model", path.name)
-        external = record.get("external_data")
-        if external is not None and not (
-            isinstance(external, Mapping) and all(isinstance(v, str) for v in external.values())
-        ):
-            raise TypeError
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        raise GuardRefusal(f"{sidecar} is unreadable or has no sha256; cannot check model {path}") from None
-    if name != path.name:
-        raise GuardRefusal(f"{sidecar} records model {name!r}, not {path.name!r}: renamed or replaced")
-    return _Sidecar(digest, dict(external) if external is not None else None)
+        verified.record.check_artifact(artifact)
+    except ModelError as exc:
+        raise GuardRefusal(str(exc)) from None
 
 
-def _check_external_hashes(
-    path: Path, sidecar: Path, locations: Mapping[str, str], recorded: Mapping[str, str] | None
-) -> ExternalHashes:
-    """Every external data file the sidecar records must hash to its sha256, and every file the model
-    reads its tensors from must be recorded."""
-    root = path.parent.resolve()
-    for name, digest in sorted((recorded or {}).items()):
-        target = (root / name).resolve()
-        if os.path.basename(name) != name or name in ("", ".", "..") or not target.is_relative_to(root):
-            raise GuardRefusal(
-                f"{sidecar} records external data {name!r}, which is not a file beside model {path}; refused"
-            )
-        if not target.is_file():
-            raise GuardRefusal(f"external data file {name} recorded in {sidecar.name} is missing beside {path}")
-        if sha256_file(target) != digest.strip().lower():
-            raise GuardRefusal(
-                f"external data file {name} of model {path} does not match its sha256 recorded in "
-                f"{sidecar.name}: tampered or replaced"
-            )
-    unrecorded = sorted(set(locations) - set(recorded or {}))
+def _check_external_hashes(path: Path, record: RunRecord, locations: Mapping[str, str]) -> ExternalHashes:
+    """Every external data file the record lists must hash to its sha256, and every file the model reads
+    its tensors from must be listed."""
+    try:
+        record.check_external_data(path)
+    except ModelError as exc:
+        raise GuardRefusal(str(exc)) from None
+    recorded = {name for name, _ in record.external_data}
+    unrecorded = sorted(set(locations) - recorded)
     if unrecorded:
         tensor = locations[unrecorded[0]]
         raise GuardRefusal(
             f"model {path} reads tensor {tensor!r} from external data file {unrecorded[0]}, which "
-            f"{sidecar.name} records no sha256 for: cannot check it"
+            f"{sidecar_for(path).name} records no sha256 for: cannot check it"
         )
-    return tuple(sorted((name, digest.strip().lower()) for name, digest in (recorded or {}).items()))
+    return tuple(sorted(record.external_data))
 
 
 def _check_locations(data: bytes, path: Path) -> dict[str, str]:
@@ -183,8 +207,10 @@ def _check_locations(data: bytes, path: Path) -> dict[str, str]:
                 f"({location}); refused"
             )
         if not target.is_file():
-            raise GuardRefusal(f"model {path}: tensor {tensor.name!r}: its external data file {location} is missing")
-        locations.setdefault(os.path.normpath(location), tensor.name)
+            raise GuardRefusal(
+                f"model {path}: tensor {tensor.name!r}: its external data file {location} is missing"
+            )
+        locations.setdefault(Path(os.path.normpath(location)).as_posix(), tensor.name)
     return locations
 
 
@@ -223,4 +249,3 @@ def _node_tensors(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
 def _sparse_tensors(sparse: onnx.SparseTensorProto) -> Iterator[onnx.TensorProto]:
     yield sparse.values
     yield sparse.indices
-

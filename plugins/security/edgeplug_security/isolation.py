@@ -1,6 +1,7 @@
-"""Isolated execution: a persistent worker process per model, with a wall-clock timeout per request and an
-address-space limit (RLIMIT_AS). A hang is killed, a crash or OOM is reported, and the next request gets a
-fresh worker; the caller never goes down with the model."""
+"""Isolated execution: a persistent worker process per model, started isolated from the caller
+(sandbox.py), with a wall-clock timeout per call (starting the worker included) and an address-space
+limit (RLIMIT_AS). A hang is killed, a crash or OOM is reported, and the next request gets a fresh worker;
+the caller never goes down with the model."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ import atexit
 import contextlib
 import json
 import multiprocessing
-import os
+import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +23,16 @@ from typing import Any
 import numpy as np
 from edgeplug import GuardRefusal
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+from . import sandbox
+
 MAX_WORKERS = 4  # persistent workers kept alive (least recently used ones are closed)
-STARTUP_S = 120.0  # time allowed for a worker to import onnxruntime and load its model
+TIMEOUT_S = 30.0  # security.timeout_s when not given
+MEMORY_MB = 4096  # security.memory_mb when not given
+SIGNAL_CAUSES = {
+    signal.SIGKILL: "the kernel's OOM killer or an external kill",
+    signal.SIGXCPU: "its CPU-time limit, timeout_s x threads",
+    signal.SIGXFSZ: "its file-size limit",
+}
 
 
 @dataclass(frozen=True)
@@ -40,21 +48,18 @@ class WorkerKey:
 class Worker:
     """One worker process serving one model. Not thread-safe by itself: the pool holds a lock per worker.
 
-    Started as `python -m edgeplug_security.worker_process` (a fresh interpreter, as multiprocessing's
-    'spawn' does) talking over a multiprocessing Pipe, but without re-importing the caller's __main__, so
-    `edgeplug.infer` also works from scripts that lack an `if __name__ == "__main__"` guard."""
+    Started with `subprocess` as `python -I -B -c BOOTSTRAP` (a fresh interpreter, as multiprocessing's
+    'spawn' does, but without re-importing the caller's __main__, so `edgeplug.infer` also works from
+    scripts that lack an `if __name__ == "__main__"` guard), talking over a multiprocessing Pipe. It must
+    start and load its model within `wait_s`."""
 
-    def __init__(self, key: WorkerKey) -> None:
+    def __init__(self, key: WorkerKey, wait_s: float, timeout_s: float) -> None:
         self.key = key
         self.lock = threading.Lock()
+        self.home = sandbox.working_directory()
         self.conn, child = multiprocessing.Pipe(duplex=True)
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the worker, closed in kill()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
         args = [
-            sys.executable,
-            "-m",
-            "edgeplug_security.worker_process",
             str(child.fileno()),
             key.path,
             key.sha256,
@@ -63,17 +68,27 @@ class Worker:
             "1" if key.external else "0",
             json.dumps(dict(key.external_sha256)),
         ]
-        self.process = subprocess.Popen(
-            args,
-            pass_fds=(child.fileno(),),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=self.stderr,
-            env=env,
-        )
+        try:
+            self.process = subprocess.Popen(
+                sandbox.command(args),
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=self.stderr,
+                cwd=self.home,
+                env=sandbox.environment(self.home),
+                preexec_fn=sandbox.preexec(sandbox.limits_for(timeout_s, key.threads)),
+                start_new_session=True,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            child.close()
+            self.conn.close()
+            self.stderr.close()
+            shutil.rmtree(self.home, ignore_errors=True)
+            raise GuardRefusal(f"the inference worker could not be started: {exc}") from None
         child.close()
         self.info: dict[str, Any] = {}
-        reply = self._receive(STARTUP_S, "starting")
+        reply = self._receive(wait_s, "starting", timeout_s)
         if reply[0] != "ready":
             self.kill()
             raise GuardRefusal(self._error_text(reply, "loading the model"))
@@ -83,25 +98,29 @@ class Worker:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def run(self, feed: dict[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]:
-        """Run one request; GuardRefusal on a timeout (worker killed), a death or an error in the worker."""
+    def run(self, feed: dict[str, np.ndarray], wait_s: float, timeout_s: float) -> dict[str, np.ndarray]:
+        """Run one request within `wait_s` (what is left of the call's timeout_s); GuardRefusal on a
+        timeout (worker killed), a death or an error in the worker."""
         try:
-            self.conn.send(("run", feed))
+            self.conn.send(("run", feed, sandbox.cpu_budget(timeout_s, self.key.threads)))
         except (BrokenPipeError, OSError):
             raise GuardRefusal(self._died()) from None
-        reply = self._receive(timeout_s, "running")
+        reply = self._receive(wait_s, "running", timeout_s)
         if reply[0] == "ok":
             return reply[1]
         if reply[1] == "oom":
             self.kill()  # an allocation failure can leave the runtime in a bad state: start afresh
         raise GuardRefusal(self._error_text(reply, "running the model"))
 
-    def _receive(self, timeout_s: float, doing: str) -> tuple[Any, ...]:
-        ready = self.conn.poll(timeout_s)
+    def _receive(self, wait_s: float, doing: str, timeout_s: float) -> tuple[Any, ...]:
+        ready = self.conn.poll(max(wait_s, 0.0))
         if not ready:
             self.kill()
             if doing == "starting":
-                raise GuardRefusal(f"the inference worker did not start within {timeout_s:g}s; worker killed")
+                raise GuardRefusal(
+                    f"the inference worker did not start and load the model within security.timeout_s="
+                    f"{timeout_s:g}s; worker killed (a large model needs a larger timeout_s)"
+                )
             raise GuardRefusal(f"inference timed out after {timeout_s:g}s; worker killed")
         try:
             return self.conn.recv()
@@ -126,8 +145,8 @@ class Worker:
             except ValueError:
                 name = f"signal {-code}"
             how = f"killed by {name}"
-            if -code == signal.SIGKILL:
-                how += " (the kernel's OOM killer or an external kill)"
+            if -code in SIGNAL_CAUSES:
+                how += f" ({SIGNAL_CAUSES[signal.Signals(-code)]})"
         else:
             how = f"exited with code {code}"
             last = self._stderr_tail()
@@ -164,6 +183,7 @@ class Worker:
             self.process.wait()
         self.conn.close()
         self.stderr.close()
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 class WorkerPool:
@@ -174,15 +194,16 @@ class WorkerPool:
         self.workers: OrderedDict[WorkerKey, Worker] = OrderedDict()
         self.lock = threading.Lock()
 
-    def get(self, key: WorkerKey) -> Worker:
+    def get(self, key: WorkerKey, deadline: float, timeout_s: float) -> Worker:
         with self.lock:
             worker = self.workers.get(key)
             if worker is not None and worker.alive:
                 self.workers.move_to_end(key)
                 return worker
-            if worker is not None:
+            if worker is not None:  # died or was killed: release its pipe, log and folder
                 del self.workers[key]
-            worker = Worker(key)
+                worker.kill()
+            worker = Worker(key, deadline - time.monotonic(), timeout_s)
             self.workers[key] = worker
             while len(self.workers) > self.size:
                 _, oldest = self.workers.popitem(last=False)
@@ -190,11 +211,13 @@ class WorkerPool:
             return worker
 
     def run(self, key: WorkerKey, feed: dict[str, np.ndarray], timeout_s: float) -> dict[str, np.ndarray]:
+        """One call: starting a worker when none is alive, and running the request, within timeout_s."""
+        deadline = time.monotonic() + timeout_s
         for _ in range(2):
-            worker = self.get(key)
+            worker = self.get(key, deadline, timeout_s)
             with worker.lock:
                 if worker.alive:  # else another thread's request killed it meanwhile: get a fresh one
-                    return worker.run(feed, timeout_s)
+                    return worker.run(feed, deadline - time.monotonic(), timeout_s)
         raise GuardRefusal("the inference worker died before it could take the request")
 
     def close(self) -> None:

@@ -5,6 +5,7 @@ and a memory limit, adversarial-input detection, and output filtering (abstentio
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Generator
 from dataclasses import replace
 from typing import Any
@@ -73,8 +74,9 @@ OPTIONS = [
         "sha256",
         "str",
         None,
-        "expected sha256 of the model, pinned out of band (checked besides the sidecar; satisfies "
-        "require_hash without one)",
+        "sha256 pinned out of band: of the model's run record <stem>.edgeplug.json when it has one (one pin "
+        "covers the model, its external data and its compiled artifact), else of the .onnx file itself; "
+        "satisfies require_hash",
     ),
     Option("check_inputs", "bool", True, "check dtype, shape, NaN/Inf and value range of every input"),
     Option(
@@ -87,14 +89,17 @@ OPTIONS = [
     Option(
         "timeout_s",
         "float",
-        30.0,
-        "wall-clock limit of one request in the worker; past it the worker is killed",
+        None,
+        f"wall-clock limit of one call into the isolated worker, starting it and loading the model included "
+        f"when the call needs a fresh one; past it the worker is killed (default {isolation.TIMEOUT_S:g}; "
+        "refused with isolate=false)",
     ),
     Option(
         "memory_mb",
         "int",
-        4096,
-        "address-space limit (RLIMIT_AS) of the worker in MiB, runtime included (0: no limit)",
+        None,
+        f"address-space limit (RLIMIT_AS) of the isolated worker in MiB, runtime included (default "
+        f"{isolation.MEMORY_MB}; 0: no limit; refused with isolate=false)",
     ),
     Option(
         "squeeze",
@@ -150,6 +155,8 @@ def guard_inference(request: InferenceRequest) -> Generator[None, InferenceResul
     output filtering on the result."""
     opts = options_of(request)
     verified = integrity.verify_model(request.model_path, bool(opts["require_hash"]), opts["sha256"])
+    if request.artifact is not None:  # the core's private copy, byte for byte what the pinned record lists
+        integrity.check_artifact(request.model_path, verified, request.artifact)
     model = request.model if request.model is not None else Model.load(request.model_path)
     record = read_record(model)
     if opts["check_inputs"]:
@@ -201,15 +208,17 @@ def _runner(request: InferenceRequest, verified: integrity.Verified, opts: dict[
             )
         return request.run
     if opts["isolate"]:
+        memory_mb = isolation.MEMORY_MB if opts["memory_mb"] is None else opts["memory_mb"]
+        timeout_s = isolation.TIMEOUT_S if opts["timeout_s"] is None else opts["timeout_s"]
         key = isolation.model_key(
             request.model_path,
             verified.sha256,
-            opts["memory_mb"],
+            memory_mb,
             threads,
             verified.external,
             verified.external_sha256,
         )
-        return isolation.runner(key, float(opts["timeout_s"]))
+        return isolation.runner(key, float(timeout_s))
     return inprocess.runner(
         request.model_path, verified.sha256, threads, verified.external, verified.external_sha256
     )
@@ -265,7 +274,7 @@ BOUNDS = {  # option: (lowest, highest, inclusive lowest)
     "squeeze_bits": (0, 16, True),
     "squeeze_median": (0, 15, True),
     "squeeze_min_agreement": (0.0, 1.0, True),
-    "timeout_s": (0.0, None, False),
+    "timeout_s": (0.0, 604800.0, False),  # a week: beyond, the wait no longer fits the clock calls
     "memory_mb": (0, None, True),
     "squeeze_threshold": (0.0, None, True),
     "min_confidence": (0.0, 1.0, True),
@@ -273,7 +282,8 @@ BOUNDS = {  # option: (lowest, highest, inclusive lowest)
 
 
 def check_options(opts: dict[str, Any]) -> dict[str, Any]:
-    """Refuse values outside their meaningful range with an OptionError naming the option."""
+    """Refuse values outside their meaningful range, a malformed pin, and the worker's limits where no
+    worker runs, with an OptionError naming the option."""
     for name, (low, high, inclusive) in BOUNDS.items():
         value = opts.get(name)
         if value is None:
@@ -285,6 +295,16 @@ def check_options(opts: dict[str, Any]) -> dict[str, Any]:
             above = f"{'at least' if inclusive else 'above'} {low}"
             limit = f"{above} and at most {high}" if high is not None else above
             raise OptionError(f"bad value {value!r} for {NAME}.{name}: expected a number {limit}")
+    pin = opts.get("sha256")
+    if pin is not None and not re.fullmatch(r"[0-9a-f]{64}", str(pin).strip().lower()):
+        raise OptionError(f"bad value {pin!r} for {NAME}.sha256: expected a sha256 (64 hex digits)")
+    if opts.get("isolate") is False:
+        for name in ("timeout_s", "memory_mb"):
+            if opts.get(name) is not None:
+                raise OptionError(
+                    f"{NAME}.{name} limits the isolated worker, and {NAME}.isolate=false runs the model in "
+                    f"this process, where nothing enforces it: drop {NAME}.{name} or set {NAME}.isolate=true"
+                )
     return opts
 
 

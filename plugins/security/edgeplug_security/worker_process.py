@@ -1,22 +1,21 @@
-"""The code that runs inside the isolated inference worker: `python -m edgeplug_security.worker_process FD
-MODEL SHA256 MEMORY_MB THREADS EXTERNAL EXTERNAL_SHA256`, FD being its end of a multiprocessing Pipe and
-EXTERNAL_SHA256 a JSON object {external data file name: sha256} of the files checked by the guard.
+"""The code that runs inside the isolated inference worker, started by sandbox.py as `python -I -B -c
+BOOTSTRAP ROOT FD MODEL SHA256 MEMORY_MB THREADS EXTERNAL EXTERNAL_SHA256`, FD being its end of a
+multiprocessing Pipe and EXTERNAL_SHA256 a JSON object {external data file: sha256} of the files checked
+by the guard.
 
 Only numpy and onnxruntime are imported here, so the worker starts fast. Protocol over a Pipe:
-parent -> ("run", inputs) | None (exit); worker -> ("ready", info) | ("ok", outputs) | ("error", kind, text)
-with kind in "oom", "model", "run".
+parent -> ("run", inputs, cpu_seconds) | None (exit); worker -> ("ready", info) | ("ok", outputs) |
+("error", kind, text) with kind in "oom", "model", "run". Before each request the worker moves its
+RLIMIT_CPU soft limit to what it has used plus `cpu_seconds`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import hashlib
 import json
 import os
 import re
 import resource
-import signal
 import sys
 from multiprocessing.connection import Connection
 from typing import Any
@@ -63,7 +62,11 @@ def serve(
         changed = changed_external_data(model_path, external_sha256 or {})
         if changed:
             conn.send(
-                ("error", "model", f"external data file {changed} of {model_path} changed on disk after it was checked")
+                (
+                    "error",
+                    "model",
+                    f"external data file {changed} of {model_path} changed on disk after it was checked",
+                )
             )
             return
         opts = ort.SessionOptions()
@@ -80,7 +83,7 @@ def serve(
         return
     names = [o.name for o in sess.get_outputs()]
     batch_one = any(i.shape and i.shape[0] == 1 for i in sess.get_inputs())
-    conn.send(("ready", {"vm_mib": _vm_size() // 2**20}))
+    conn.send(("ready", {"vm_mib": _vm_size() // 2**20, "sys_path": list(sys.path), "cwd": os.getcwd()}))
     while True:
         try:
             message = conn.recv()
@@ -88,8 +91,9 @@ def serve(
             return
         if message is None:
             return
-        _, feed = message
+        _, feed, cpu_seconds = message
         try:
+            _allow_cpu(cpu_seconds)
             conn.send(("ok", run_session(sess, names, feed, batch_one)))
         except BaseException as exc:
             conn.send(("error", _kind(exc, "run"), _first_line(exc)))
@@ -149,15 +153,18 @@ def _vm_size() -> int:
     return 0
 
 
-def _die_with_parent() -> None:
-    """Linux: get SIGKILL when the parent dies, so a hung worker never outlives its caller."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+def _allow_cpu(seconds: int) -> None:
+    """RLIMIT_CPU soft limit: the CPU time used so far plus `seconds` (SIGXCPU past it)."""
+    used = sum(os.times()[:2])
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = int(used) + 1 + int(seconds)
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
 
 def main(argv: list[str]) -> None:
     fd, model_path, sha256, memory_mb, threads, external, external_sha256 = argv
-    _die_with_parent()
     serve(
         Connection(int(fd)),
         model_path,
