@@ -152,6 +152,10 @@ def refusal(
                 if fixes
                 else ""
             )
+            if sources:
+                hint += f"; put {name} before {', '.join(sources)}"
+            elif missing & {QDQ_INT8, DYNAMIC_INT8}:
+                hint += f"; run {name} on the float model, before quantization"
             return (
                 f"plugin {name!r} cannot take this model: it would receive {describe(missing)}{origin}, and "
                 f"{name} consumes only {describe_consumed(cap.consumes)}{hint}"

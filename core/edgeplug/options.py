@@ -48,9 +48,12 @@ class Option:
         """What a valid value is, in words: 'an integer from 0 to 5', 'one of fp32, fp16, int8'."""
         if self.choices:
             return f"one of {', '.join(self.choices)}"
-        noun = {"int": "an integer", "float": "a number (float)", "bool": "true or false", "callable": ""}.get(
-            self.type, f"a {self.type}"
-        )
+        noun = {
+            "int": "an integer",
+            "float": "a number (float)",
+            "bool": "true or false",
+            "callable": "",
+        }.get(self.type, f"a {self.type}")
         if self.type == "callable":
             return "a Python callable or 'module:function'"
         if self.minimum is not None and self.maximum is not None:

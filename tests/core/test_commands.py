@@ -8,10 +8,12 @@ import edgeplug
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from edgeplug import InferenceResult, hookimpl
+from edgeplug import InferenceResult, Option, hookimpl
 from edgeplug.cli import main
+from edgeplug.options import declared_options
 
 from ..conftest import registered
+from .plugins_for_tests import ScaleWeights
 
 
 def invoke(*args):
@@ -33,8 +35,21 @@ def test_bench_side_by_side(example_model, tiny_model):
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert [r["model"] for r in rows] == [str(example_model), str(tiny_model)]
-    assert rows[0]["speedup_p50"] == 1.0
-    assert all(r["p50_ms"] > 0 and r["p90_ms"] >= r["p50_ms"] for r in rows)
+    assert [r["size_bytes"] for r in rows] == [example_model.stat().st_size, tiny_model.stat().st_size]
+    assert all(r["runs"] == 5 and r["p50_ms"] > 0 and r["p90_ms"] >= r["p50_ms"] for r in rows)
+    base, other = rows
+    # every ratio is the first model's figure over this model's: 1 for the first, measured for the others
+    assert base["speedup_p50"] == base["size_ratio"] == 1.0
+    assert other["speedup_p50"] == pytest.approx(base["p50_ms"] / other["p50_ms"])
+    assert other["size_ratio"] == pytest.approx(base["size_bytes"] / other["size_bytes"])
+    assert other["size_ratio"] > 10  # the example CNN's weights against the tiny 8-channel net's
+    assert other["memory_ratio"] == pytest.approx(base["memory_bytes"] / other["memory_bytes"])
+    table = invoke("bench", example_model, tiny_model, "--runs", "5")
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    assert lines[0] == "threads 1, runs 5" and lines[1].split()[:3] == ["model", "p50", "ms"]
+    assert [line.split()[0] for line in lines[2:]] == [example_model.name, tiny_model.name]
+    assert lines[2].split()[-2:] == ["1.00x", "1.00x"]
 
 
 def test_bench_refuses_a_broken_file(tmp_path):
@@ -43,11 +58,54 @@ def test_bench_refuses_a_broken_file(tmp_path):
     assert invoke("bench", bad).exit_code == 2
 
 
+def declared_by(plugin: object) -> dict[str, Option]:
+    """The options a plugin declares itself (a settings dataclass, or Option objects, flattened); the core
+    adds its tolerance options to every plugin's table."""
+    declare = getattr(plugin, "plugin_options", None)
+    result = declare() if declare else []
+    items = [result] if isinstance(result, type) else result
+    flat: list[Option] = []
+    for item in items:
+        if isinstance(item, type):
+            flat.extend(declared_options(item))
+        else:
+            flat.extend(item if isinstance(item, list) else [item])
+    return {o.name: o for o in flat}
+
+
 def test_plugins_lists_options():
-    result = invoke("plugins", "--json")
-    assert result.exit_code == 0
-    names = [p["name"] for p in json.loads(result.stdout)["plugins"]]
-    assert "core" in names
+    """Each plugin's declared options with type, default, help and choices (JSON and text), the core's
+    tolerance options beside them; installed plugins list exactly what their plugin_options declares."""
+    with registered((ScaleWeights(), "scale")):
+        result = invoke("plugins", "--json")
+        text = invoke("plugins")
+        pm = edgeplug.load_plugins()
+        declared = {
+            name: declared_by(pm.get_plugin(name))
+            for name in ("fuse", "quant", "prune", "neon", "trt", "security")
+        }
+    assert result.exit_code == 0 and text.exit_code == 0, result.output + text.output
+    listed = {p["name"]: p for p in json.loads(result.stdout)["plugins"]}
+    assert listed["core"]["options"] == {} and "load_model" in listed["core"]["hooks"]
+    scale = listed["scale"]
+    assert {"plugin_options", "transform_graph"} <= set(scale["hooks"])
+    assert scale["options"]["factor"] == {
+        "type": "float",
+        "default": 1.0,
+        "help": "multiply float weights by this",
+        "choices": None,
+    }
+    assert scale["options"]["min_cosine"]["type"] == "float"  # the core's tolerance options, for every plugin
+    assert "  -o scale.factor=1.0  (float) multiply float weights by this" in text.stdout.splitlines()
+    for name, options in declared.items():
+        shown = listed[name]["options"]
+        for key, option in options.items():
+            assert shown[key]["type"] == option.type and shown[key]["help"] == option.help, (name, key)
+            assert shown[key]["choices"] == (list(option.choices) if option.choices else None), (name, key)
+            if isinstance(option.default, (bool, int, float, str, type(None))):
+                assert shown[key]["default"] == option.default, (name, key)
+    assert listed["fuse"]["options"]["target"]["choices"] == ["onnx", "onnxruntime"]
+    assert "  -o fuse.target=onnx  (str [onnx|onnxruntime]) " in text.stdout
 
 
 def test_infer_without_guards(example_model, example_test_data, tmp_path):

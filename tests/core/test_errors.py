@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from edgeplug import hookimpl
 from edgeplug.cli import main
 from onnx import TensorProto, helper, numpy_helper
 
@@ -162,7 +163,7 @@ def test_invalid_graph_is_refused_by_the_checker(tmp_path, tag_plugin):
 
 def test_output_dir_that_would_overwrite_the_input(tiny_model, tag_plugin):
     line = refused(["run", tiny_model, "--plugins", "a", "--output-dir", tiny_model.parent], tiny_model)
-    assert "overwrite the input model" in line
+    assert "would replace the input model" in line
 
 
 def test_bad_input_shapes(tiny_model, tmp_path, tag_plugin):
@@ -172,9 +173,39 @@ def test_bad_input_shapes(tiny_model, tmp_path, tag_plugin):
     )
 
 
-def test_debug_shows_the_traceback(tiny_model, tag_plugin):
-    result = CliRunner().invoke(main, ["--debug", "run", str(tiny_model), "--plugins", "nope"])
-    assert result.exit_code == 2
+@pytest.mark.parametrize(
+    ("plugin", "code", "raised", "line"),
+    [
+        (
+            "nope",
+            2,
+            "edgeplug.errors.OptionError: unknown plugin 'nope'",
+            "edgeplug: error: unknown plugin 'nope'",
+        ),
+        ("broken_options", 3, "KeyError: 'oops'", "edgeplug: error: internal error: KeyError: 'oops'"),
+    ],
+)
+def test_debug_shows_the_traceback(tiny_model, tmp_path, tag_plugin, plugin, code, raised, line):
+    """--debug prints the traceback (down to the raising frame) before the one error line; without it the
+    same failure is the error line alone."""
+
+    class BrokenOptions:
+        @hookimpl
+        def plugin_options(self):
+            raise KeyError("oops")
+
+    args = ["run", str(tiny_model), "--plugins", plugin, "--output-dir", str(tmp_path / "o")]
+    with registered((BrokenOptions(), "broken_options")):
+        debug = CliRunner().invoke(main, ["--debug", *args])
+        plain = CliRunner().invoke(main, args)
+    assert debug.exit_code == plain.exit_code == code
+    stderr = debug.stderr.strip().splitlines()
+    assert stderr[0] == "Traceback (most recent call last):", debug.stderr
+    assert any(raised in text for text in stderr), debug.stderr
+    assert any(text.lstrip().startswith('File "') for text in stderr)  # frames, not only the message
+    assert stderr[-1].startswith(line) and sum(text.startswith("edgeplug: error:") for text in stderr) == 1
+    assert plain.stderr.strip().splitlines() == [stderr[-1]]
+    assert "Traceback" not in plain.output
 
 
 def test_data_with_nan_is_refused(tiny_model, tmp_path, tag_plugin):
@@ -227,8 +258,6 @@ def test_callable_options_take_callables_or_import_strings():
 
 
 def test_a_bug_in_a_plugin_outside_a_step_is_exit_3_with_one_line(tiny_model, tmp_path, tag_plugin):
-    from edgeplug import hookimpl
-
     class BrokenOptions:
         @hookimpl
         def plugin_options(self):

@@ -43,10 +43,10 @@ def test_quantized_model_is_refused_with_one_sentence(tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 2, result.output
-    assert "no float Conv/Gemm/MatMul weights to prune" in result.output
-    assert "put prune before quant" in result.output
+    assert "plugin 'prune' cannot take this model: it would receive int8 Q/DQ" in result.output
+    assert "run prune on the float model, before quantization" in result.output
     assert "100.0% removed" not in result.output
-    with pytest.raises(edgeplug.PluginError, match="put prune before quant"):
+    with pytest.raises(edgeplug.PluginError, match="run prune on the float model, before quantization"):
         edgeplug.optimize(qdq, ["prune"], data=TEST_DATA, output_dir=tmp_path / "api")
 
 
@@ -67,7 +67,7 @@ def test_prune_after_the_quant_plugin_is_refused(tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 2, result.output
-    assert "put prune before quant" in result.output
+    assert "(produced by quant)" in result.output and "put prune before quant" in result.output
 
 
 def test_totals_of_no_parameters_report_no_sparsity() -> None:

@@ -94,6 +94,7 @@ def test_fgsm_eps_0_2_is_detected_on_held_out_images(
     assert successes > 100  # FGSM at eps 0.2 really fools the CNN
     assert detection >= 0.6, f"only {detection:.1%} of {successes} successful attacks flagged"
     assert fpr <= 0.10, f"{fpr:.1%} of clean held-out images flagged (calibrated to 5%)"
+    assert detection > 3 * fpr  # far from a flagger that ignores the image
 
 
 def test_fgsm_with_the_threshold_calibrated_on_the_training_images(
@@ -103,10 +104,17 @@ def test_fgsm_with_the_threshold_calibrated_on_the_training_images(
     tmp_path: Path,
     digits: tuple[np.ndarray, np.ndarray],
 ) -> None:
+    """The CNN is over-confident on the images it was trained on, so a threshold calibrated on them (5% of
+    the training images flagged) flags more of the new clean images than asked: detection looks better
+    (>= 60%) but the false-positive rate on digits_test rises above the 5% target (13.6% measured), and it
+    must stay bounded (a threshold that flags everything would reach 100% detection)."""
     model = calibrated(example_model, example_train_data, splits["B"], tmp_path)
     x, labels = digits
-    detection, _, _ = measure(model, x, labels, 0.2)
-    assert detection >= 0.6
+    detection, fpr, successes = measure(model, x, labels, 0.2)
+    assert successes > 200
+    assert detection >= 0.6, f"only {detection:.1%} of {successes} successful attacks flagged"
+    assert 0.05 < fpr <= 0.20, f"{fpr:.1%} of clean digits_test images flagged"
+    assert detection > 3 * fpr
 
 
 def test_squeeze_through_the_cli(

@@ -1,21 +1,18 @@
-"""The reviewer's findings: option values refused in pre_optimize (before the core's reference pass and any
-earlier step), the core's JSON writer and shape parser reused."""
+"""trt option values are refused in pre_optimize, before the core's reference pass and any step; good
+profile options pass; profile shape items are parsed by the core's --input-shapes parser."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from edgeplug import Dataset, Model, OptionError, RunContext, load_plugins
+from edgeplug import Model, OptionError, RunContext
 from edgeplug.cli import main
 from edgeplug.options import Tolerance
 from edgeplug.pipeline import parse_input_shapes
-from edgeplug.report import write_json
 from edgeplug_trt import plugin, profiles
-from edgeplug_trt.engine_build import BuildResult, BuildSettings
 
 
 @pytest.mark.parametrize(
@@ -77,33 +74,3 @@ def test_shape_items_are_parsed_by_the_core(monkeypatch: pytest.MonkeyPatch) -> 
     for bad in ("input", ":1x2", "  :1x2", "input:1x", ""):
         with pytest.raises(OptionError, match=r"bad trt\.opt_shapes item .*: write NAME:1x3x224x224"):
             profiles.parse_shapes([bad], "opt_shapes")
-
-
-def test_settings_json_is_written_by_the_core(
-    tmp_path: Path, example_model: Path, example_test_data: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """compile's trt-settings.json comes from edgeplug.report.write_json. TensorRT is not here, so the build
-    itself is replaced by a stand-in; the real build is tested in test_engine_gpu.py."""
-    assert plugin.write_json is write_json and not hasattr(plugin, "_write_json")
-
-    def fake_build(onnx_path: Path, settings: BuildSettings, engine_path: Path) -> BuildResult:
-        engine_path.write_bytes(b"engine")
-        return BuildResult(engine_path, 0.5, "10.15", ["STRONGLY_TYPED"], [], False, ["built"])
-
-    monkeypatch.setattr(plugin.availability, "missing", lambda: None)
-    monkeypatch.setattr(plugin, "build_engine", fake_build)
-    model = Model.load(example_model)
-    opts: dict[str, Any] = {o.name: o.default for o in plugin.plugin_options()}
-    data = Dataset([], [], "generated", 0, "none")
-    ctx = RunContext("trt", opts, Tolerance(), data, ("trt",), tmp_path, quiet=True)
-    artifact = plugin.compile(model=model, ctx=ctx)
-    settings = tmp_path / "trt-settings.json"
-    assert settings in artifact.files
-    written = json.loads(settings.read_text())
-    assert written["timing_cache"] == str(tmp_path / "trt-timing.cache")
-    write_json(tmp_path / "expected.json", written)
-    assert settings.read_text() == (tmp_path / "expected.json").read_text()
-
-
-def test_trt_still_loads_as_a_plugin() -> None:
-    assert load_plugins().get_plugin("trt") is not None
