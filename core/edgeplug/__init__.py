@@ -5,7 +5,7 @@ Plugin authors need `hookimpl`, `Model`, `Option` and the errors; users `optimiz
 
 from __future__ import annotations
 
-from .api import optimize
+from .api import infer, optimize
 from .capabilities import Capabilities
 from .context import Artifact, InferenceRequest, InferenceResult, RunContext
 from .data import Dataset
@@ -16,11 +16,11 @@ from .errors import (
     MissingDependencyError,
     ModelError,
     OptionError,
+    OutputError,
     PluginError,
     VerificationError,
 )
 from .hookspecs import hookimpl
-from .inference import infer
 from .model import Model
 from .options import Option, option
 from .plugins import load_plugins
@@ -41,6 +41,7 @@ __all__ = [
     "ModelError",
     "Option",
     "OptionError",
+    "OutputError",
     "PluginError",
     "RunContext",
     "Tolerance",

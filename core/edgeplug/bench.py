@@ -13,14 +13,17 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from .errors import EdgeplugError
+
+PARENT_ENV = "EDGEPLUG_BENCH_PARENT"  # set for the measuring child: the pid it must not outlive
 
 
 def measure(
@@ -29,8 +32,11 @@ def measure(
     runs: int = 50,
     warmup: int = 5,
     inputs: dict[str, np.ndarray] | None = None,
+    timeout: float | None = None,
 ) -> dict[str, Any]:
-    """Measure one model in a child process so that its memory and threads are its own."""
+    """Measure one model in a child process so that its memory and threads are its own. The child dies
+    with this process (a killed `edgeplug bench` leaves nothing measuring), and with `timeout` (seconds)
+    a model that does not finish is stopped with an EdgeplugError."""
     with tempfile.TemporaryDirectory(prefix="edgeplug-bench-") as tmp:
         cmd = [
             sys.executable,
@@ -48,11 +54,65 @@ def measure(
             npz = Path(tmp) / "inputs.npz"
             np.savez(npz, **inputs)
             cmd += ["--inputs", str(npz)]
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise EdgeplugError(f"benchmark of {model_path} failed: {proc.stderr.strip().splitlines()[-1:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), **{PARENT_ENV: str(os.getpid())})
+        with open(Path(tmp) / "out", "w+") as out, open(Path(tmp) / "err", "w+") as err:
+            code = _run_child(cmd, env, out, err, timeout, model_path)
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read(), err.read()
+    if code != 0:
+        raise EdgeplugError(f"benchmark of {model_path} failed: {stderr.strip().splitlines()[-1:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _run_child(
+    cmd: list[str], env: dict[str, str], out: IO[str], err: IO[str], timeout: float | None, model: Path
+) -> int:
+    """Run the measuring child; its stdin is a pipe this process holds open, so the child sees EOF (and
+    exits) when this process dies however it dies; it is killed on any exception here."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=err, env=env)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise EdgeplugError(
+            f"benchmark of {model} did not finish within {timeout:g} s; the model may never end on these "
+            "inputs (raise the timeout, or pass --inputs)"
+        ) from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdin is not None:
+            proc.stdin.close()
+
+
+def die_with_parent() -> None:
+    """In the measuring child: exit when the parent that started it exits, killed or not (Linux:
+    PR_SET_PDEATHSIG; everywhere: EOF on the stdin pipe the parent holds)."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if str(os.getppid()) != parent:  # the parent died before the line above
+        os._exit(1)
+
+    def watch() -> None:
+        try:  # the raw descriptor: a daemon thread blocked in a buffered read would break shutdown
+            while os.read(0, 1 << 12):
+                pass
+        except OSError:
+            pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="edgeplug-bench-parent", daemon=True).start()
 
 
 def compare(
@@ -62,13 +122,14 @@ def compare(
     warmup: int = 5,
     progress: bool = True,
     inputs: dict[str, np.ndarray] | None = None,
+    timeout: float | None = None,
 ) -> list[dict[str, Any]]:
     """Measure several models one after the other; ratios are against the first."""
     from .progress import progress as bar
 
     rows = []
     for path in bar(paths, "benchmark", quiet=not progress):
-        result = measure(Path(path), threads, runs, warmup, inputs=inputs)
+        result = measure(Path(path), threads, runs, warmup, inputs=inputs, timeout=timeout)
         result["model"] = str(path)
         result["size_bytes"] = Path(path).stat().st_size
         rows.append(result)
@@ -94,10 +155,11 @@ def _worker(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--inputs")
     args = parser.parse_args(argv)
+    die_with_parent()
 
     import onnxruntime as ort
 
-    from .data import generate_inputs
+    from .generated_inputs import generate_inputs
     from .model import Model
 
     if args.inputs:
@@ -108,7 +170,7 @@ def _worker(argv: Sequence[str] | None = None) -> dict[str, Any]:
         import onnx
 
         proto = onnx.load(args.model, load_external_data=False)
-        feed = generate_inputs(Model(proto), 1, seed=0)[0]
+        feed = generate_inputs(Model(proto).infer_shapes(), 1, seed=0)[0]
         del proto
     import gc
 

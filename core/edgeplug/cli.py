@@ -1,23 +1,35 @@
 """The `edgeplug` command: run, plugins, inspect, bench, infer.
 
-Exit codes: 0 success, 1 a step failed verification, 2 a user error (one line `edgeplug: error: ...`),
-3 an internal error. Tracebacks only with --debug.
+Exit codes: 0 success, 1 a step failed verification, 2 a user error (one line `edgeplug: error: ...`;
+a full disk, a read-only folder and running out of memory are user errors), 3 an internal error,
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM; the run's report and cleanup still happen). Tracebacks
+only with --debug.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 
-from .errors import EdgeplugError, VerificationError
+from .errors import EdgeplugError, VerificationError, user_os_error
 
 EXIT_VERIFY, EXIT_USER, EXIT_INTERNAL = 1, 2, 3
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is so that `finally` blocks run: the run's report is written,
+    temporary files are removed, a measuring child is killed (KeyboardInterrupt: no `except Exception`
+    in a plugin swallows it)."""
 
 
 class Group(click.Group):
@@ -26,7 +38,8 @@ class Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         debug = "--debug" in sys.argv or bool(ctx.params.get("debug"))
         try:
-            return super().invoke(ctx)
+            with _sigterm_raises():
+                return super().invoke(ctx)
         except VerificationError as exc:
             _fail(exc, EXIT_VERIFY, debug)
         except EdgeplugError as exc:
@@ -36,24 +49,66 @@ class Group(click.Group):
         except BrokenPipeError:  # `edgeplug plugins | head`: the reader went away, nothing to report
             sys.stderr.close()
             sys.exit(0)
+        except Terminated:
+            click.echo("edgeplug: terminated", err=True)
+            sys.exit(EXIT_TERMINATED)
         except KeyboardInterrupt:
             click.echo("edgeplug: interrupted", err=True)
             sys.exit(130)
-        except Exception as exc:
-            if debug:
-                traceback.print_exc()
-            click.echo(
-                f"edgeplug: error: internal error: {type(exc).__name__}: {exc} (rerun with --debug)", err=True
+        except MemoryError as exc:
+            _fail(
+                EdgeplugError(
+                    "ran out of memory: the model or its inputs are too large for this machine (pin smaller "
+                    "dimensions with --input-shapes, or use fewer samples)"
+                ),
+                EXIT_USER,
+                debug,
+                exc,
             )
-            sys.exit(EXIT_INTERNAL)
+        except OSError as exc:
+            error = user_os_error(exc)
+            if error is None:
+                _internal(exc, debug)
+            _fail(error, EXIT_USER, debug, exc)
+        except Exception as exc:
+            _internal(exc, debug)
 
 
-def _fail(exc: BaseException, code: int, debug: bool) -> None:
+def _internal(exc: BaseException, debug: bool) -> None:
     if debug:
         traceback.print_exc()
+    click.echo(f"edgeplug: error: internal error: {type(exc).__name__}: {exc} (rerun with --debug)", err=True)
+    sys.exit(EXIT_INTERNAL)
+
+
+def _fail(exc: BaseException | None, code: int, debug: bool, cause: BaseException | None = None) -> None:
+    if debug:
+        traceback.print_exception(cause or exc)
     message = " ".join(str(exc).split())
     click.echo(f"edgeplug: error: {message}", err=True)
     sys.exit(code)
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While a command runs, SIGTERM raises Terminated (main thread only; elsewhere nothing changes)."""
+
+    def raise_terminated(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _warn(message: str) -> None:
+    click.echo(f"edgeplug: warning: {message}", err=True)
 
 
 def _options(values: tuple[str, ...]) -> dict[str, dict[str, str]]:
@@ -131,12 +186,15 @@ def run(
     debug: bool,
 ) -> None:
     """Optimize MODEL with the plugins in order, verifying every step."""
+    from .api import CORE_OPTIONS, check_run_settings, check_selected, claim_output
     from .options import parse_budgets
     from .pipeline import Pipeline, RunSettings, parse_input_shapes
 
+    given = _options(opts)
+    check_selected(given, [*_plugin_list(plugin_names), CORE_OPTIONS], "--plugins")
     settings = RunSettings(
         plugins=_plugin_list(plugin_names),
-        options=_options(opts),
+        options=given,
         config=config,
         data=data,
         calibration_data=calibration_data,
@@ -152,7 +210,10 @@ def run(
         metrics=list(metrics),
         budgets=parse_budgets(budgets),
     )
-    result = Pipeline(model, settings).run()
+    check_run_settings(settings, warn=None if quiet else _warn)
+    pipeline = Pipeline(model, settings)
+    with claim_output(pipeline, settings):
+        result = pipeline.run()
     click.echo(f"wrote {result.output_dir}/ (report.json, {Path(result.report['final']['path']).name})")
 
 
@@ -239,15 +300,34 @@ def inspect(model: Path, as_json: bool) -> None:
     type=click.Path(path_type=Path),
     help=".npz whose first sample feeds every model (default: generated from the input spec).",
 )
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    help="Seconds one model's measurement may take before it is stopped (default: no limit).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def bench(
-    models: tuple[Path, ...], threads: int, runs: int, warmup: int, inputs_path: Path | None, as_json: bool
+    models: tuple[Path, ...],
+    threads: int,
+    runs: int,
+    warmup: int,
+    inputs_path: Path | None,
+    timeout: float | None,
+    as_json: bool,
 ) -> None:
     """Latency p50/p90 and memory of each model side by side, with ratios against the first."""
     from . import bench as bench_mod
+    from .api import check_threads
     from .data import read_arrays, to_samples
-    from .errors import DataError
+    from .errors import DataError, OptionError
     from .model import Model
+
+    check_threads(threads, _warn)
+    if runs < 1 or warmup < 0:
+        raise OptionError(f"--runs must be at least 1 and --warmup at least 0 (got {runs} and {warmup})")
+    if timeout is not None and not 0 < timeout < float("inf"):
+        raise OptionError(f"--timeout must be a positive number of seconds, not {timeout}")
 
     loaded = [Model.load(path) for path in models]  # refuse broken files with one line before timing
     if inputs_path is not None:
@@ -260,7 +340,7 @@ def bench(
                     f"input {spec.name} has a dynamic dimension ({spec.describe()}); pass --inputs X.npz"
                 )
         feed = None
-    rows = bench_mod.compare(list(models), threads, runs, warmup, inputs=feed)
+    rows = bench_mod.compare(list(models), threads, runs, warmup, inputs=feed, timeout=timeout)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -285,7 +365,11 @@ def bench(
 )
 @click.option("-o", "--option", "opts", multiple=True, metavar="PLUGIN.KEY=VALUE")
 @click.option("--config", type=click.Path(path_type=Path))
-@click.option("--output", type=click.Path(path_type=Path), help="Write the outputs to this .npz.")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Write the outputs (a .npz archive) to exactly this path; its folder must exist.",
+)
 @click.option("--threads", type=int, default=1, show_default=True)
 @click.option(
     "--artifact", is_flag=True, help="Run the compiled artifact recorded beside MODEL (engine, C library)."
@@ -305,12 +389,24 @@ def infer(
     debug: bool,
 ) -> None:
     """Run MODEL on the inputs of a .npz, through the selected guards."""
-    from .inference import infer as run_infer
+    from .api import checked_infer
+    from .output_dir import Input, check_output_file, write_atomically
 
     names = [g for item in guards for g in _plugin_list(item)]
-    result = run_infer(model, input_path, names, _options(opts), config, threads, artifact=artifact)
+    if output:  # refused before the model runs: a missing folder, or an output that is one of the inputs
+        sidecar = model.with_name(f"{model.stem}.edgeplug.json")
+        check_output_file(
+            output,
+            [
+                Input(model, "the model"),
+                Input(input_path, "--input"),
+                Input(sidecar, "the model's run record"),
+            ]
+            + ([Input(config, "--config")] if config else []),
+        )
+    result = checked_infer(model, input_path, names, _options(opts), config, threads, artifact, warn=_warn)
     if output:
-        np.savez(output, **result.outputs)
+        write_atomically(output, lambda fh: np.savez(fh, **result.outputs))
     summary: dict[str, Any] = {
         "abstained": result.abstained,
         "reason": result.reason,
@@ -334,13 +430,15 @@ def infer(
         click.echo(f"wrote {output}")
 
 
-def _register_search() -> None:
+def _register_commands() -> None:
+    from .report_command import report
     from .search.command import search
 
     main.add_command(search)
+    main.add_command(report)
 
 
-_register_search()
+_register_commands()
 
 if __name__ == "__main__":
     main()

@@ -142,6 +142,7 @@ class RunContext:
             )
         if self.data.source == "random":
             self.log(f"warning: {what} runs on random data; the result's accuracy is meaningless")
+        self.data.require_calibration(self.plugin, what)  # one-sample --data holds no calibration samples
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
-"""Calibration and validation data: .npz, a folder of .npy, a folder of images, or generated inputs."""
+"""Calibration and validation data: .npz, a folder of .npy, a folder of images (generated inputs: generated_inputs.py)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError, MissingDependencyError
+from .generated_inputs import check_generated_memory, generate_inputs
 from .model import Model, TensorSpec
 
 LABELS = "labels"
@@ -34,6 +36,14 @@ class Dataset:
     @property
     def is_real(self) -> bool:
         return self.source == "file"
+
+    def require_calibration(self, plugin: str, what: str) -> None:
+        """Refuse a step that calibrates when the data holds no calibration samples (one-sample data)."""
+        if not self.calibration:
+            raise DataError(
+                f"{plugin}: {what} needs calibration samples, but {self.description}; pass --data with at "
+                "least 2 samples or a separate --calibration-data FILE"
+            )
 
     @staticmethod
     def stack(samples: Sequence[Sample]) -> Sample:
@@ -75,8 +85,12 @@ class Preprocess:
                 if key == "resize":
                     h, w = value.lower().split("x")
                     fields["size"] = (int(h), int(w))
+                    if min(fields["size"]) < 1:
+                        raise ValueError(value)
                 elif key in ("mean", "std"):
                     fields[key] = tuple(float(v) for v in value.split("/"))
+                    if not all(np.isfinite(fields[key])) or (key == "std" and 0.0 in fields[key]):
+                        raise ValueError(value)
                 elif key == "layout" and value.upper() in ("NCHW", "NHWC"):
                     fields["layout"] = value.upper()
                 elif key in ("gray", "grayscale"):
@@ -85,7 +99,8 @@ class Preprocess:
                     raise ValueError(key)
             except ValueError:
                 raise DataError(
-                    f"bad --preprocess item {part!r}: use resize=HxW, mean=a/b/c, std=a/b/c, layout=NCHW|NHWC, gray=true"
+                    f"bad --preprocess item {part!r}: use resize=HxW (positive sizes), mean=a/b/c, std=a/b/c "
+                    "(finite, std non-zero), layout=NCHW|NHWC, gray=true"
                 ) from None
         return cls(**fields)
 
@@ -104,9 +119,13 @@ def load_data(
     samples of `spec` are shuffled with `seed` and split, so the two sets never share a sample."""
     if spec is None or str(spec) == "random":
         source = "generated" if spec is None else "random"
+        check_generated_memory(model, 2 * GENERATED_SAMPLES)
         cal = generate_inputs(model, GENERATED_SAMPLES, seed + 1)
         val = generate_inputs(model, GENERATED_SAMPLES, seed)
-        what = "inputs generated from the model's input spec (uniform [0,1) floats, {0,1} integers)"
+        what = (
+            "inputs generated from the model's input spec (uniform [0,1) floats, {0,1} integers; "
+            "values the model's operators require where an input is a divisor, axes or a shape)"
+        )
         return Dataset(cal, val, source, seed, what)
 
     arrays, labels = read_arrays(Path(spec), model, preprocess)
@@ -118,10 +137,9 @@ def load_data(
         cal = to_samples(cal_arrays, model, str(calibration))
         desc = f"validation: {spec} ({len(samples)} samples); calibration: {calibration} ({len(cal)} samples)"
         return Dataset(cal, samples, "file", seed, desc, cal_labels, labels)
-    if len(samples) < 2:
-        raise DataError(
-            f"{spec} holds {len(samples)} sample; at least 2 are needed to split calibration from validation"
-        )
+    if len(samples) < 2:  # nothing to split: the sample validates; a step that calibrates refuses
+        desc = f"{spec} holds 1 sample, used for validation (no calibration samples)"
+        return Dataset([], samples, "file", seed, desc, None, labels, notes=[desc])
     order = np.random.default_rng(seed).permutation(len(samples))
     cut = min(max(1, round(len(samples) * calibration_fraction)), len(samples) - 1)
     cal_idx, val_idx = order[:cut], order[cut:]
@@ -152,7 +170,8 @@ def read_arrays(
     if path.is_dir():
         images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if images:
-            return read_images(images, model, preprocess or Preprocess())
+            arrays, labels = read_images(images, model, preprocess or Preprocess())
+            return arrays, None if labels is None else check_labels(labels, model, str(path))
         arrays = {}
         for npy in sorted(path.glob("*.npy")):
             arrays[npy.stem] = _load_npy(npy)
@@ -173,12 +192,54 @@ def read_arrays(
     labels = arrays.pop(LABELS, None)
     check_names(arrays, model, str(path))
     if labels is not None:
-        labels = np.asarray(labels)
-        labels = labels.reshape(len(labels), -1).squeeze(-1) if labels.ndim > 1 else labels
+        labels = check_labels(np.asarray(labels), model, str(path))
         counts = {len(a) for a in arrays.values() if np.ndim(a)}
-        if labels.ndim != 1 or counts != {len(labels)}:
+        if counts != {len(labels)}:
             raise DataError(f"{path}: {len(labels)} labels for {', '.join(map(str, sorted(counts)))} samples")
     return arrays, labels
+
+
+def check_labels(labels: np.ndarray, model: Model, where: str) -> np.ndarray:
+    """Labels are one class index per sample: numbers (not strings), finite, and, where the model has a
+    classifier output [N, C], integers in [0, C). Shape [N, 1] is read as [N]."""
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        hint = " (one-hot rows? store labels.argmax(1))" if labels.ndim == 2 else ""
+        raise DataError(
+            f"{where}: labels have shape {list(labels.shape)}; write one class index per sample, shape "
+            f"[N]{hint}"
+        )
+    if labels.dtype.kind not in "biuf":
+        raise DataError(
+            f"{where}: labels are {labels.dtype} ({labels[:1].tolist()}...); write integer class indices"
+        )
+    if labels.dtype.kind == "f" and not np.isfinite(labels).all():
+        bad = int(np.count_nonzero(~np.isfinite(labels)))
+        raise DataError(f"{where}: {bad} of the labels are NaN or infinite; write integer class indices")
+    classes = _classes(model)
+    if classes is not None and len(labels):
+        if labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels)):
+            fraction = labels[labels != np.round(labels)][0]
+            raise DataError(f"{where}: label {fraction:g} is not a class index; write integer class indices")
+        low, high = labels.min(), labels.max()
+        if low < 0 or high >= classes:
+            bad = low if low < 0 else high
+            raise DataError(
+                f"{where}: label {bad:g} is out of range: the model has {classes} classes, so labels must "
+                f"lie in 0..{classes - 1}"
+            )
+    return labels
+
+
+def _classes(model: Model) -> int | None:
+    """The class count of the model's first classifier output (2-D float, fixed C >= 2), if any."""
+    for spec in model.outputs:
+        if len(spec.shape) == 2 and spec.dtype.kind == "f":
+            count = spec.shape[1]
+            if isinstance(count, int) and count >= 2:
+                return count
+    return None
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -231,7 +292,8 @@ def to_samples(arrays: Mapping[str, np.ndarray], model: Model, where: str) -> li
 
 
 def conform(array: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
-    """Cast to the input's dtype when lossless in kind, and check rank and fixed dimensions."""
+    """Cast to the input's dtype when the values survive it exactly (no integer rounded through a float,
+    none wrapped by a narrower integer), and check rank and fixed dimensions."""
     if array.ndim != len(spec.shape):
         raise DataError(
             f"{where}: {spec.name} has shape {list(array.shape)}, the model expects rank {len(spec.shape)} "
@@ -245,12 +307,29 @@ def conform(array: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
                 f"{where}: {spec.name} has shape {list(array.shape)}, the model expects {spec.describe()}"
             )
     if array.dtype != spec.dtype:
-        same_kind = array.dtype.kind == spec.dtype.kind or (
-            array.dtype.kind in "iu" and spec.dtype.kind in "iuf"
+        kind, want = array.dtype.kind, spec.dtype.kind
+        allowed = (
+            kind == want
+            or (kind in "iu" and want in "iuf")
+            or (kind == "b" and want in "iub")
+            or (kind in "US" and want == "O")
         )
-        if not same_kind and not (array.dtype.kind == "b" and spec.dtype.kind in "iub"):
+        if not allowed:
             raise DataError(f"{where}: {spec.name} is {array.dtype}, the model expects {spec.dtype}")
-        array = array.astype(spec.dtype)
+        cast = array.astype(spec.dtype)
+        if kind in "iub":
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                back = cast.astype(array.dtype)
+            exact = np.isfinite(cast) if want == "f" else np.ones(cast.shape, bool)
+            exact &= back == array
+            if not exact.all():
+                value = array[~exact].flat[0]
+                raise DataError(
+                    f"{where}: {spec.name} holds {array.dtype} values that {spec.dtype} cannot hold exactly "
+                    f"(e.g. {value}); pass {spec.dtype} data"
+                )
+        array = cast
     return np.ascontiguousarray(array)
 
 
@@ -260,46 +339,14 @@ def _fixed_batch(model: Model) -> int | None:
     return fixed[0] if fixed and fixed[0] > 1 else None
 
 
-def generate_inputs(model: Model, count: int, seed: int) -> list[Sample]:
-    """Inputs drawn from the input spec, as Polygraphy does: floats in [0,1), integers 0 or 1."""
-    rng = np.random.default_rng(seed)
-    samples: list[Sample] = []
-    for _ in range(count):
-        sample: Sample = {}
-        for spec in model.inputs:
-            shape = concrete_shape(spec)
-            if spec.dtype.kind == "f":
-                sample[spec.name] = rng.random(shape, dtype=np.float64).astype(spec.dtype)
-            elif spec.dtype.kind == "b":
-                sample[spec.name] = rng.integers(0, 2, shape).astype(bool)
-            else:
-                sample[spec.name] = rng.integers(0, 2, shape).astype(spec.dtype)
-        samples.append(sample)
-    return samples
-
-
-def concrete_shape(spec: TensorSpec) -> tuple[int, ...]:
-    """The input's shape with a dynamic batch dimension set to 1; other dynamic dimensions refused."""
-    dims = []
-    for axis, dim in enumerate(spec.shape):
-        if isinstance(dim, int) and dim > 0:
-            dims.append(dim)
-        elif axis == 0:
-            dims.append(1)
-        else:
-            raise DataError(
-                f"input {spec.name} has dynamic dimension {dim!r} at axis {axis}; pin it with "
-                f"--input-shapes {spec.name}:{'x'.join('1' if i == 0 and not isinstance(d, int) else str(d) if isinstance(d, int) else 'SIZE' for i, d in enumerate(spec.shape))}"
-            )
-    return tuple(dims)
-
-
+# -- generated inputs ----------------------------------------------------------------------------------
 def read_images(
     paths: Sequence[Path], model: Model, pre: Preprocess
 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Decode image files with Pillow; the label is the image's folder name when there are several."""
+    """Decode image files with Pillow; the label is the image's folder name when there are several. A
+    corrupt or truncated file, or a decompression bomb (Pillow's pixel limit), is refused naming the file."""
     try:
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
     except ImportError:
         raise MissingDependencyError(
             "reading image folders needs Pillow: pip install 'edgeplug[images]'"
@@ -311,17 +358,36 @@ def read_images(
         raise DataError(f"image folders need a 4-D image input; {spec.describe()}")
     tensors = []
     for path in paths:
-        with Image.open(path) as img:
-            img = img.convert("L" if pre.grayscale else "RGB")
-            if pre.size:
-                img = img.resize((pre.size[1], pre.size[0]))
-            pixels = np.asarray(img, dtype=np.float32) / 255.0
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    img = img.convert("L" if pre.grayscale else "RGB")
+                    if pre.size:
+                        img = img.resize((pre.size[1], pre.size[0]))
+                    pixels = np.asarray(img, dtype=np.float32) / 255.0
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise DataError(
+                f"{path} is too large to decode safely (over Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} "
+                "pixels): a decompression bomb, or an image to shrink first"
+            ) from None
+        except UnidentifiedImageError:
+            raise DataError(f"{path} is not an image Pillow can read") from None
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise DataError(f"{path} is corrupt or truncated: {exc}") from None
         if pixels.ndim == 2:
             pixels = pixels[..., None]
         pixels = (pixels - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
         if pre.layout == "NCHW":
             pixels = pixels.transpose(2, 0, 1)
         tensors.append(pixels)
+    sizes = {t.shape for t in tensors}
+    if len(sizes) > 1:
+        first, other = sorted(sizes)[:2]
+        raise DataError(
+            f"the images have different sizes ({first} and {other} after decoding); pass "
+            "--preprocess resize=HxW"
+        )
     classes = sorted({p.parent.name for p in paths})
     labels = np.array([classes.index(p.parent.name) for p in paths]) if len(classes) > 1 else None
     return {spec.name: np.stack(tensors).astype(spec.dtype)}, labels

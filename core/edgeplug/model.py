@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from .errors import ModelError
+from .errors import ModelError, OutputError, os_error_reason
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
@@ -69,9 +68,12 @@ class Model:
             raise ModelError(f"{path} does not exist")
         if not path.is_file():
             raise ModelError(f"{path} is not a file")
+        check_fits_in_memory(path.stat().st_size, f"{path} ({path.stat().st_size:,} bytes)")
         try:
             proto = onnx.load(str(path), load_external_data=False)
-        except (DecodeError, RuntimeWarning, ValueError, OSError, UnicodeDecodeError) as exc:
+        except MemoryError:
+            raise ModelError(f"{path} does not fit in this machine's memory") from None
+        except Exception as exc:  # protobuf, JSON and text parsers each raise their own types
             raise ModelError(
                 f"{path} is not a valid ONNX model (cannot parse it: {_first_line(exc)})"
             ) from None
@@ -79,12 +81,15 @@ class Model:
             raise ModelError(
                 f"{path} is not a valid ONNX model (no graph found: empty, truncated or another format)"
             )
-        check_external_data(proto, path.parent)
+        declared = check_external_data(proto, path.parent)
+        check_fits_in_memory(declared, f"{path} declares {declared:,} bytes of external data, which")
         if _has_external(proto):
             try:
                 onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
             except (OSError, ValueError) as exc:
                 raise ModelError(f"{path}: cannot read its external data: {_first_line(exc)}") from None
+            except MemoryError:
+                raise ModelError(f"{path}: its external data does not fit in this machine's memory") from None
         model = cls(proto, source=path)
         model.check()
         if input_shapes:
@@ -149,7 +154,11 @@ class Model:
                 raise ModelError(
                     f"--input-shapes gives {name} rank {len(dims)}, the model has rank {len(tensor_type.shape.dim)}"
                 )
-            for dim, value in zip(tensor_type.shape.dim, dims):
+            for axis, (dim, value) in enumerate(zip(tensor_type.shape.dim, dims)):
+                if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                    raise ModelError(
+                        f"--input-shapes {name}: dimension {value!r} at axis {axis} must be a positive integer"
+                    )
                 if dim.HasField("dim_value") and dim.dim_value != value:
                     raise ModelError(
                         f"--input-shapes: {name} has fixed dimension {dim.dim_value}, not {value}"
@@ -166,11 +175,11 @@ class Model:
 
     @property
     def inputs(self) -> list[TensorSpec]:
-        return [_spec(v) for v in self.graph_inputs(self.proto)]
+        return [tensor_spec(v) for v in self.graph_inputs(self.proto)]
 
     @property
     def outputs(self) -> list[TensorSpec]:
-        return [_spec(v) for v in self.proto.graph.output]
+        return [tensor_spec(v) for v in self.proto.graph.output]
 
     @property
     def opset(self) -> int:
@@ -238,29 +247,38 @@ class Model:
         path = Path(path)
         if self.source is not None and path.exists() and path.resolve() == self.source.resolve():
             raise ModelError(f"refusing to overwrite the input model {path}; choose another output folder")
+        try:
+            return self._save(path)
+        except OSError as exc:
+            reason = os_error_reason(exc) or exc.strerror or str(exc)
+            raise OutputError(f"cannot write the model {path}: {reason}") from None
+
+    def _save(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         if self.proto.ByteSize() > TWO_GB:
             data_name = f"{path.name}.data"
-            staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=".edgeplug-"))
-            onnx.save_model(
-                self.copy_proto(),
-                str(staging / path.name),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=data_name,
-                size_threshold=EXTERNAL_MIN_BYTES,
-            )
-            if (staging / data_name).exists():
-                os.replace(staging / data_name, path.parent / data_name)
-            os.replace(staging / path.name, path)
-            staging.rmdir()
+            staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".edgeplug-{os.getpid()}-"))
+            try:
+                onnx.save_model(
+                    self.copy_proto(),
+                    str(staging / path.name),
+                    save_as_external_data=True,
+                    all_tensors_to_one_file=True,
+                    location=data_name,
+                    size_threshold=EXTERNAL_MIN_BYTES,
+                )
+                if (staging / data_name).exists():
+                    os.replace(staging / data_name, path.parent / data_name)
+                os.replace(staging / path.name, path)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
             return path
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as fh:
-            fh.write(self.proto.SerializeToString())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            _write_file(tmp, self.proto.SerializeToString())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves nothing behind
         return path
 
     def serialized(self) -> bytes:
@@ -285,6 +303,55 @@ class Model:
     def __repr__(self) -> str:
         steps = ",".join(self.history) or "original"
         return f"<Model {self.proto.graph.name or 'graph'} opset={self.opset} steps={steps}>"
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write and fsync `data` to a new file."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def available_memory() -> int:
+    """Bytes this process can still allocate: the system's available memory, bounded by a cgroup's memory
+    limit and by RLIMIT_AS where they are set."""
+    import psutil
+
+    limits = [int(psutil.virtual_memory().available)]
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            if limit.isdigit() and int(limit) < 2**60:
+                limits.append(max(0, int(limit) - int(Path(usage_file).read_text().strip())))
+        except (OSError, ValueError):
+            continue
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            limits.append(max(0, soft - psutil.Process().memory_info().vms))
+    except (ImportError, OSError, ValueError):
+        pass
+    return min(limits)
+
+
+def check_fits_in_memory(nbytes: int, what: str, share: float = 1.0) -> None:
+    """ModelError when `nbytes` exceed `share` of the memory available: `what` names what needs them."""
+    available = available_memory()
+    if nbytes > available * share:
+        raise ModelError(
+            f"{what} needs more memory than this machine has available ({_gib(nbytes)} needed, "
+            f"{_gib(available)} available)"
+        )
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**28 else f"{nbytes / 2**20:.1f} MiB"
 
 
 @contextlib.contextmanager
@@ -332,13 +399,16 @@ def get_metadata(proto: onnx.ModelProto, key: str) -> str | None:
     return None
 
 
-def check_external_data(proto: onnx.ModelProto, base: Path) -> None:
-    """Refuse external-data locations that are absolute or escape the model's folder."""
+def check_external_data(proto: onnx.ModelProto, base: Path) -> int:
+    """Refuse external-data locations that are absolute or escape the model's folder, and ranges that lie
+    beyond their file; returns the bytes loading them will take."""
     root = base.resolve()
+    total = 0
     for tensor in all_tensors(proto):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        entries = {e.key: e.value for e in tensor.external_data}
+        location = entries.get("location", "")
         target = (root / location).resolve()
         if os.path.isabs(location) or not target.is_relative_to(root):
             raise ModelError(
@@ -346,6 +416,38 @@ def check_external_data(proto: onnx.ModelProto, base: Path) -> None:
             )
         if not target.is_file():
             raise ModelError(f"tensor {tensor.name!r}: its external data file {location} is missing")
+        try:
+            offset = int(entries.get("offset") or 0)
+            size = target.stat().st_size
+            length = int(entries["length"]) if entries.get("length") else size - offset
+        except ValueError:
+            raise ModelError(
+                f"tensor {tensor.name!r}: its external data offset or length is not a number"
+            ) from None
+        if offset < 0 or length < 0 or offset + length > size:
+            raise ModelError(
+                f"tensor {tensor.name!r} declares {length:,} bytes at offset {offset:,} of {location}, "
+                f"which holds {size:,} bytes: truncated or forged"
+            )
+        total += length
+    return total
+
+
+def external_data_files(path: Path) -> list[Path]:
+    """The external data files a model file names (inside its folder; none when it cannot be parsed)."""
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return []
+    root = Path(path).parent.resolve()
+    files = []
+    for tensor in all_tensors(proto):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            target = (root / location).resolve()
+            if location and target.is_relative_to(root) and target not in files:
+                files.append(target)
+    return files
 
 
 def _has_external(proto: onnx.ModelProto) -> bool:
@@ -401,7 +503,8 @@ def _densify(sparse: onnx.SparseTensorProto, values: np.ndarray) -> np.ndarray:
     return dense.reshape(tuple(sparse.dims))
 
 
-def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
+def tensor_spec(value: onnx.ValueInfoProto) -> TensorSpec:
+    """The TensorSpec of a graph input, output or value_info."""
     tensor_type = value.type.tensor_type
     dtype = (
         np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))

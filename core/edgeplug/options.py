@@ -264,6 +264,10 @@ def read_config(path: Path) -> dict[str, dict[str, Any]]:
         data = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
         raise OptionError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise OptionError(f"--config {path} is a folder, not a TOML file") from None
+    except OSError as exc:
+        raise OptionError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise OptionError(f"config file {path} is not valid TOML: {exc}") from None
     for plugin, table in data.items():

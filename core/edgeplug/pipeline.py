@@ -22,6 +22,7 @@ from .errors import EdgeplugError, ModelError, OptionError, PluginError, Verific
 from .metrics import UserMetric
 from .model import Model
 from .options import read_config, resolve, settings_instance
+from .output_dir import OutputFolder
 from .report import new_report, print_summary, write_json
 from .run_record import RunRecord, sidecar_path
 from .runtime import run_each
@@ -255,6 +256,14 @@ class Pipeline:
 
     def run(self) -> RunResult:
         start = time.perf_counter()
+        folder = OutputFolder.for_run(
+            self.out,
+            self.stem,
+            model=self.input if isinstance(self.input, Path) else None,
+            data=self.settings.data,
+            calibration=self.settings.calibration_data,
+            config=self.settings.config,
+        ).claim()  # refuses before any write; shares the lock the CLI / edgeplug.optimize already hold
         try:
             return self._run()
         except BaseException as exc:
@@ -263,9 +272,14 @@ class Pipeline:
             raise
         finally:
             self.report["seconds"] = round(time.perf_counter() - start, 3)
-            if self.out.exists():
+            try:
                 write_json(self.out / "report.json", self.report)
                 report_html.write(self.report, self.out / "report.html")
+            except OSError:
+                if self.report["status"] == "ok":
+                    raise  # a successful run needs its report; a failed one keeps its own error
+            finally:
+                folder.release()  # removes .tmp-PID files, unlocks
             if not self.settings.quiet and self.report["steps"]:
                 print_summary(self.report)  # stdout; on failure the table ends at the failing step
 
@@ -275,10 +289,6 @@ class Pipeline:
 
     def _run(self) -> RunResult:
         s = self.settings
-        if isinstance(self.input, Path) and self.final_path.resolve() == self.input.resolve():
-            raise ModelError(
-                f"the output {self.final_path} would overwrite the input model; choose another --output-dir"
-            )
         model = self.load()
         self.out.mkdir(parents=True, exist_ok=True)
         self.data = load_data(

@@ -34,6 +34,7 @@ from .errors import (
     MissingDependencyError,
     ModelError,
     OptionError,
+    OutputError,
     PluginError,
     VerificationError,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "ModelError",
     "Option",
     "OptionError",
+    "OutputError",
     "PluginError",
     "Ragged",
     "RunContext",

@@ -119,3 +119,55 @@ def test_opset_and_inputs(example_model):
     assert model.opset == 17
     assert model.inputs[0].name == "input" and model.inputs[0].shape[1:] == (1, 8, 8)
     assert model.op_histogram()["BatchNormalization"] == 3
+
+
+def test_a_json_file_is_refused_as_not_onnx(tmp_path):
+    """onnx.load parses .json files as JSON protobuf: its ParseError is a ModelError, not an internal one."""
+    path = tmp_path / "report.json"
+    path.write_text('{"schema_version": 1, "steps": []}')
+    try:
+        Model.load(path)
+    except model_mod.ModelError as exc:
+        assert "is not a valid ONNX model (cannot parse it" in str(exc)
+    else:
+        raise AssertionError("a report.json loaded as a model")
+
+
+def test_input_shapes_must_be_positive_integers(tiny_model):
+    model = Model.load(tiny_model)
+    for dims in ([-1, 3, 8, 8], [0, 3, 8, 8], [1.5, 3, 8, 8]):
+        try:
+            model.with_input_shapes({"x": dims})
+        except model_mod.ModelError as exc:
+            assert "must be a positive integer" in str(exc)
+        else:
+            raise AssertionError(f"--input-shapes accepted {dims}")
+    assert model.with_input_shapes({"x": [2, 3, 8, 8]}).inputs[0].shape == (2, 3, 8, 8)
+
+
+def test_external_data_files_are_listed_and_their_sizes_checked(tmp_path, monkeypatch):
+    onnx.save_model(
+        conv_net(),
+        str(tmp_path / "m.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
+    assert model_mod.external_data_files(tmp_path / "m.onnx") == [(tmp_path / "weights.bin").resolve()]
+    size = (tmp_path / "weights.bin").stat().st_size
+    assert Model.load(tmp_path / "m.onnx").stats()["parameters"] == 8 * 27 + 8 + 40 + 5
+    monkeypatch.setattr(model_mod, "available_memory", lambda: size - 1)
+    try:
+        Model.load(tmp_path / "m.onnx")
+    except model_mod.ModelError as exc:
+        assert f"declares {size:,} bytes of external data" in str(exc)
+    else:
+        raise AssertionError("external data larger than the memory available was loaded")
+
+
+def test_available_memory_is_positive_and_bounded_by_the_system():
+    import psutil
+
+    available = model_mod.available_memory()
+    assert 0 < available <= psutil.virtual_memory().total
