@@ -123,22 +123,58 @@ def compare(
     progress: bool = True,
     inputs: dict[str, np.ndarray] | None = None,
     timeout: float | None = None,
+    rounds: int = 3,
+    labels: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Measure several models one after the other; ratios are against the first."""
+    """Measure several models alternated, `rounds` times each (model A, B, A, B, ...: each in a fresh
+    process), so a slow spell of the machine hits every model alike. A row's p50 is the median of its
+    rounds' p50s, `spread` the range of those; ratios are against the first model. Each row is labelled by
+    its path relative to the models' common folder (or by `labels`)."""
+    from .model import file_size
     from .progress import progress as bar
 
+    paths = [Path(p) for p in paths]
+    names = list(labels) if labels else relative_labels(paths)
+    results: list[list[dict[str, Any]]] = [[] for _ in paths]
+    plan = [(r, i) for r in range(rounds) for i in range(len(paths))]
+    for _, index in bar(plan, f"benchmark ({rounds} rounds x {len(paths)} models)", quiet=not progress):
+        results[index].append(measure(paths[index], threads, runs, warmup, inputs=inputs, timeout=timeout))
     rows = []
-    for path in bar(paths, "benchmark", quiet=not progress):
-        result = measure(Path(path), threads, runs, warmup, inputs=inputs, timeout=timeout)
-        result["model"] = str(path)
-        result["size_bytes"] = Path(path).stat().st_size
-        rows.append(result)
+    for path, name, measured in zip(paths, names, results):
+        p50s = [m["p50_ms"] for m in measured]
+        rows.append(
+            {
+                "model": str(path),
+                "label": name,
+                "p50_ms": float(np.median(p50s)),
+                "p90_ms": float(np.median([m["p90_ms"] for m in measured])),
+                "spread_ms": float(max(p50s) - min(p50s)),
+                "rounds": [round(v, 6) for v in p50s],
+                "memory_bytes": int(np.median([m["memory_bytes"] for m in measured])),
+                "size_bytes": file_size(path),
+                "runs": runs,
+                "threads": threads,
+            }
+        )
     base = rows[0]
     for row in rows:
         row["speedup_p50"] = base["p50_ms"] / row["p50_ms"] if row["p50_ms"] else None
         row["memory_ratio"] = base["memory_bytes"] / row["memory_bytes"] if row["memory_bytes"] > 0 else None
-        row["size_ratio"] = base["size_bytes"] / row["size_bytes"]
+        row["size_ratio"] = base["size_bytes"] / row["size_bytes"] if row["size_bytes"] else None
+        difference = abs(row["p50_ms"] - base["p50_ms"])
+        row["within_spread"] = row is not base and difference <= max(row["spread_ms"], base["spread_ms"])
     return rows
+
+
+def relative_labels(paths: Sequence[Path]) -> list[str]:
+    """Each path relative to the paths' common folder (distinct labels for same-named files)."""
+    resolved = [p.resolve() for p in paths]
+    try:
+        common = Path(os.path.commonpath([str(p.parent) for p in resolved]))
+    except ValueError:
+        return [str(p) for p in paths]
+    labels = [str(p.relative_to(common)) for p in resolved]
+    return labels if len(set(labels)) == len(labels) else [str(p) for p in paths]
 
 
 def _rss() -> int:

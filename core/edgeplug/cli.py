@@ -20,7 +20,7 @@ from typing import Any
 import click
 import numpy as np
 
-from .errors import EdgeplugError, VerificationError, user_os_error
+from .errors import EdgeplugError, OptionError, VerificationError, user_os_error
 
 EXIT_VERIFY, EXIT_USER, EXIT_INTERNAL = 1, 2, 3
 EXIT_TERMINATED = 128 + signal.SIGTERM
@@ -214,18 +214,49 @@ def run(
     pipeline = Pipeline(model, settings)
     with claim_output(pipeline, settings):
         result = pipeline.run()
-    click.echo(f"wrote {result.output_dir}/ (report.json, {Path(result.report['final']['path']).name})")
+    click.echo(f"wrote {result.output_dir}/: " + ", ".join(written_files(result.report, result.output_dir)))
+
+
+def written_files(report: dict[str, Any], out: Path) -> list[str]:
+    """The files a run wrote, relative to its output folder: model, sidecar, reports, steps, compiled files."""
+    final = report.get("final") or {}
+    names = [Path(final["path"]).name] if final.get("path") else []
+    if final.get("record"):
+        names.append(Path(final["record"]).name)
+    names += [n for n in ("report.json", "report.html") if (out / n).exists()]
+    names += [f"steps/{Path(s['path']).name}" for s in report.get("steps", []) if s.get("path")]
+    for file in (report.get("compile") or {}).get("files") or []:
+        try:
+            names.append(str(Path(file).resolve().relative_to(out.resolve())))
+        except ValueError:
+            names.append(str(file))
+    return list(dict.fromkeys(names))
 
 
 @main.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def list_plugins(as_json: bool) -> None:
+@click.option(
+    "--markdown",
+    "markdown",
+    metavar="NAME",
+    help="The option table of plugin NAME as Markdown (its README's).",
+)
+def list_plugins(as_json: bool, markdown: str | None) -> None:
     """Installed plugins: name, distribution, version, hooks, options, and broken ones."""
     from . import plugins
 
     pm = plugins.load_plugins()
     infos = plugins.describe(pm)
     broken = plugins.broken()
+    if markdown is not None:
+        from .option_docs import option_table
+        from .options import suggest
+
+        found = {i.name: i for i in infos if i.name != "core"}
+        if markdown not in found:
+            raise OptionError(f"unknown plugin {markdown!r}: {suggest(markdown, found)}")
+        click.echo(option_table(markdown, found[markdown].options))
+        return
     if as_json:
         data = {
             "plugins": [
@@ -273,7 +304,7 @@ def inspect(model: Path, as_json: bool) -> None:
     """Inputs, outputs, opset, operator histogram, parameters and size of MODEL."""
     from .model import Model, describe
 
-    info = describe(Model.load(model))
+    info = describe(Model.load(model), model)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -294,6 +325,10 @@ def inspect(model: Path, as_json: bool) -> None:
 @click.option("--threads", type=int, default=1, show_default=True)
 @click.option("--runs", type=int, default=50, show_default=True)
 @click.option("--warmup", type=int, default=5, show_default=True)
+@click.option("--rounds", type=int, default=3, show_default=True, help="Alternated rounds per model.")
+@click.option(
+    "--label", "labels", multiple=True, help="A label per model, in order (default: relative paths)."
+)
 @click.option(
     "--inputs",
     "inputs_path",
@@ -312,6 +347,8 @@ def bench(
     threads: int,
     runs: int,
     warmup: int,
+    rounds: int,
+    labels: tuple[str, ...],
     inputs_path: Path | None,
     timeout: float | None,
     as_json: bool,
@@ -340,21 +377,51 @@ def bench(
                     f"input {spec.name} has a dynamic dimension ({spec.describe()}); pass --inputs X.npz"
                 )
         feed = None
-    rows = bench_mod.compare(list(models), threads, runs, warmup, inputs=feed, timeout=timeout)
+    if labels and len(labels) != len(models):
+        raise OptionError(
+            f"--label given {len(labels)} times for {len(models)} models; give one per model or none"
+        )
+    if rounds < 1:
+        raise OptionError(f"--rounds must be at least 1, got {rounds}")
+    rows = bench_mod.compare(
+        list(models),
+        threads,
+        runs,
+        warmup,
+        inputs=feed,
+        timeout=timeout,
+        rounds=rounds,
+        labels=labels or None,
+    )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(f"threads {threads}, runs {runs}")
+    from .cpu import cpu_info
+
+    info = cpu_info()
     click.echo(
-        f"{'model':40} {'p50 ms':>9} {'p90 ms':>9} {'memory MB':>10} {'size MB':>9} {'speedup':>8} {'mem ratio':>9}"
+        f"{info['model']} [{' '.join(info['flags'])}], threads {threads}, {rounds} rounds x {runs} runs, alternated"
+    )
+    width = max(12, *(len(r["label"]) for r in rows))
+    click.echo(
+        f"{'model':{width}} {'p50 ms':>9} {'spread':>8} {'p90 ms':>9} {'memory MB':>10} {'size MB':>9} "
+        f"{'speedup':>8} {'mem ratio':>9}"
     )
     for r in rows:
         mem = r["memory_ratio"]
         click.echo(
-            f"{Path(r['model']).name[:40]:40} {r['p50_ms']:9.2f} {r['p90_ms']:9.2f} "
-            f"{r['memory_bytes'] / 2**20:10.1f} {r['size_bytes'] / 2**20:9.2f} {r['speedup_p50']:7.2f}x "
+            f"{r['label']:{width}} {r['p50_ms']:9.3f} {r['spread_ms']:8.3f} {r['p90_ms']:9.3f} "
+            f"{r['memory_bytes'] / 2**20:10.1f} {r['size_bytes'] / 2**20:9.3f} {r['speedup_p50']:7.2f}x "
             f"{(f'{mem:.2f}x' if mem else '-'):>9}"
         )
+    for r in rows:
+        if r["within_spread"]:
+            click.echo(
+                f"warning: {r['label']} differs from {rows[0]['label']} by less than the run-to-run spread "
+                f"({abs(r['p50_ms'] - rows[0]['p50_ms']):.3f} ms <= {max(r['spread_ms'], rows[0]['spread_ms']):.3f} ms): "
+                "its speedup is not significant; raise --runs/--rounds or measure a larger input",
+                err=True,
+            )
 
 
 @main.command()

@@ -212,12 +212,17 @@ class Model:
                         yield node.output[0], _densify(attr.sparse_tensor, values)
 
     def stats(self) -> dict[str, int]:
-        """Nodes, parameters, non-zero parameters, and the serialized size in bytes."""
+        """Nodes (Q/DQ included), parameters (each weight once; quantization scales and zero points are not
+        parameters), non-zero parameters, and the size in bytes (the file plus its external data)."""
         params = nonzero = 0
-        for _, array in self.weights():
-            if array.dtype.kind in "fiuc":
-                params += array.size
-                nonzero += int(np.count_nonzero(array))
+        skip = quantization_parameters(self.proto)
+        seen: set[str] = set()
+        for name, array in self.weights():
+            if name in skip or name in seen or array.dtype.kind not in "fiuc":
+                continue
+            seen.add(name)
+            params += array.size
+            nonzero += int(np.count_nonzero(array))
         return {
             "nodes": sum(1 for _ in _all_nodes(self.proto.graph)),
             "parameters": params,
@@ -226,10 +231,9 @@ class Model:
         }
 
     def size_bytes(self) -> int:
-        """Bytes on disk of the saved model (protobuf plus external data)."""
-        path = self.path
-        data = path.with_name(f"{path.name}.data")
-        return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+        """Bytes of the model saved as edgeplug saves it: the protobuf plus its external data (for a file on
+        disk use `file_size(path)`: the one size edgeplug reports for files)."""
+        return file_size(self.path)
 
     # -- saving -------------------------------------------------------------------------------
     @property
@@ -534,8 +538,53 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def describe(model: Model) -> dict[str, Any]:
-    """What `edgeplug inspect` prints."""
+QUANT_PARAMETER_INPUTS = {
+    "QuantizeLinear": (1, 2),
+    "DequantizeLinear": (1, 2),
+    "MatMulInteger": (2, 3),
+    "ConvInteger": (2, 3),
+    "QLinearConv": (1, 2, 4, 5, 6, 7),
+    "QLinearMatMul": (1, 2, 4, 5, 6, 7),
+}
+
+
+def quantization_parameters(proto: onnx.ModelProto) -> set[str]:
+    """Names of the scale and zero-point tensors of quantized operators (not counted as parameters)."""
+    names: set[str] = set()
+    for node in _all_nodes(proto.graph):
+        for index in QUANT_PARAMETER_INPUTS.get(node.op_type, ()):
+            if index < len(node.input) and node.input[index]:
+                names.add(node.input[index])
+    return names
+
+
+def file_size(path: Path) -> int:
+    """The .onnx file plus the distinct external data files it references, in bytes."""
+    path = Path(path)
+    total = path.stat().st_size
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return total
+    locations = {
+        entry.value
+        for tensor in all_tensors(proto)
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    for location in locations:
+        data = path.parent / location
+        if data.is_file():
+            total += data.stat().st_size
+    return total
+
+
+def describe(model: Model, path: Path | None = None) -> dict[str, Any]:
+    """What `edgeplug inspect` prints; the size is that of the file at `path` (plus its external data)."""
+    stats = model.stats()
+    if path is not None:
+        stats["size_bytes"] = file_size(path)
     return {
         "inputs": [i.describe() for i in model.inputs],
         "outputs": [o.describe() for o in model.outputs],
@@ -543,5 +592,5 @@ def describe(model: Model) -> dict[str, Any]:
         "ir_version": model.proto.ir_version,
         "producer": f"{model.proto.producer_name} {model.proto.producer_version}".strip(),
         "ops": model.op_histogram(),
-        **model.stats(),
+        **stats,
     }

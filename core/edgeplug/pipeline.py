@@ -20,7 +20,7 @@ from .context import Artifact, RunContext
 from .data import Dataset, Preprocess, load_data
 from .errors import EdgeplugError, ModelError, OptionError, PluginError, VerificationError
 from .metrics import UserMetric
-from .model import Model
+from .model import Model, file_size
 from .options import read_config, resolve, settings_instance
 from .output_dir import OutputFolder
 from .report import new_report, print_summary, write_json
@@ -153,6 +153,7 @@ class Pipeline:
         self.contexts: dict[str, RunContext] = {}
         self.original: Model | None = None
         self.original_out: dict[str, Any] | None = None
+        self.loaded_by = CORE  # or the plugin whose load_model turned the input into ONNX
 
     def _settings_dict(self) -> dict[str, Any]:
         s = self.settings
@@ -226,6 +227,7 @@ class Pipeline:
             if plugins.has_hook(self.pm, "load_model", name):
                 loaded = plugins.call_one(self.pm, "load_model", name, path=path, ctx=self.ctx(name))
                 if loaded is not None:
+                    self.loaded_by = name
                     self.log(f"[{name}] loaded {path}")
                     loaded.check()
                     if self.settings.input_shapes:
@@ -237,6 +239,8 @@ class Pipeline:
 
     def measure(self, model: Model, outputs: Mapping[str, np.ndarray], path: Path | None) -> dict[str, Any]:
         metrics: dict[str, Any] = model.stats()
+        if path is not None and path.exists():
+            metrics["size_bytes"] = file_size(path)
         acc = verify.accuracy(outputs, self.data.validation_labels if self.data else None)
         if acc is not None:
             metrics["accuracy"] = acc
@@ -320,6 +324,8 @@ class Pipeline:
             orig_path = self.out / "steps" / "00-original.onnx"
             original.save(orig_path)
         self.report["original"] = {"metrics": self.measure(original, original_out, orig_path)}
+        if isinstance(self.input, Path) and self.loaded_by == CORE:  # the user's file, external data included
+            self.report["original"]["metrics"]["size_bytes"] = file_size(self.input)
 
         prev_out = original_out
         lossy: tuple[float, int, Model, Model] | None = None
