@@ -13,7 +13,7 @@ import onnx_graphsurgeon as gs
 import pytest
 from click.testing import CliRunner
 from edgeplug.cli import main
-from edgeplug_fuse import cleanup
+from edgeplug_fuse import folding
 
 from tests.conftest import quantize_example
 
@@ -71,7 +71,7 @@ def test_constant_folding_excludes_quantize_and_dequantize(monkeypatch: pytest.M
 
     monkeypatch.setattr(gs.Graph, "fold_constants", spy)
     graph = gs.import_onnx(onnx.load(DIGITS))
-    cleanup.fold_constants(graph)
+    folding.fold_constants(graph)
     exclude = seen.get("should_exclude_node")
     assert exclude is not None, "fold_constants called without should_exclude_node"
     assert exclude(gs.Node("QuantizeLinear")) and exclude(gs.Node("DequantizeLinear"))

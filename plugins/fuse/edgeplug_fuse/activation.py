@@ -12,9 +12,10 @@ from collections import Counter
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .patterns import constant, is_omitted, move_output, nodes_of, sole_consumer
+from .patterns import constant, is_omitted, is_rewritable, move_output, nodes_of, sole_consumer
 
 DOMAIN = "com.microsoft"
+ACTIVATIONS = ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "HardSigmoid", "Clip")
 FLOAT_MAX = float(np.finfo(np.float32).max)
 
 
@@ -50,7 +51,7 @@ def fuse_conv_activations(graph: gs.Graph) -> Counter[str]:
         if weights is None or weights.dtype != np.float32:
             continue
         act = sole_consumer(graph, conv.outputs[0])
-        if act is None or (act.domain or "") not in ("", "ai.onnx") or act.inputs[0] is not conv.outputs[0]:
+        if act is None or not is_rewritable(graph, act, *ACTIVATIONS) or act.inputs[0] is not conv.outputs[0]:
             continue
         params = activation_params(act)
         if params is None:

@@ -14,7 +14,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .patterns import Names, constant, exclusive, is_omitted, is_output, move_output, nodes_of, producer
+from .patterns import (
+    Names,
+    constant,
+    exclusive,
+    is_omitted,
+    is_output,
+    is_rewritable,
+    move_output,
+    nodes_of,
+    producer,
+    reviewed,
+)
 
 FOLDABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -90,8 +101,10 @@ def _fold_one(graph: gs.Graph, bn: gs.Node, names: Names) -> str | None:
         return "non-constant statistics"
     x = bn.inputs[0]
     prod = producer(x)
-    if prod is None or prod.op not in FOLDABLE or (prod.domain or "") not in ("", "ai.onnx"):
+    if prod is None or not is_rewritable(graph, prod, *FOLDABLE):
         return f"input not from {'/'.join(FOLDABLE)}"
+    if prod.op == "MatMul" and not reviewed(graph, "Gemm"):
+        return "Gemm of this opset not reviewed"
     if prod.outputs[0] is not x:
         return "input not the producer's first output"
     if len(x.outputs) != 1 or is_output(graph, x):

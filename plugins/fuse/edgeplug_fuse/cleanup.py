@@ -1,5 +1,5 @@
-"""Exact clean-ups: Constant nodes to initializers, constant folding, Identity/Dropout removal,
-MatMul+Add to Gemm, and merging of initializers with identical contents."""
+"""Exact clean-ups: Constant nodes to initializers, Identity/Dropout removal, MatMul+Add to Gemm, and
+merging of initializers with identical contents (constant folding is in folding.py)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from .patterns import (
     constant,
     is_omitted,
     is_output,
+    is_rewritable,
     move_output,
     nodes_of,
     producer,
     replace_uses,
+    reviewed,
     sole_consumer,
 )
 
@@ -29,6 +31,10 @@ _CONSTANT_ATTRS = {
 }
 
 
+# numpy kinds an initializer round-trips exactly: bool, signed/unsigned integers, floating point, complex
+_PLAIN_KINDS = frozenset("biufc")
+
+
 def constant_nodes_to_initializers(graph: gs.Graph) -> int:
     """Turn the outputs of Constant nodes into initializers (graphsurgeon Constants); returns the count."""
     count = 0
@@ -37,40 +43,15 @@ def constant_nodes_to_initializers(graph: gs.Graph) -> int:
         if len(node.attrs) != 1 or is_output(graph, out):
             continue
         ((key, value),) = node.attrs.items()
-        if key not in _CONSTANT_ATTRS:
-            continue  # sparse_value and string values stay as they are
+        if key not in _CONSTANT_ATTRS or isinstance(value, gs.Node.AttributeRef):
+            continue  # sparse_value, string values and a function's attribute references stay as they are
         values = _CONSTANT_ATTRS[key](value)
+        if values.dtype.kind not in _PLAIN_KINDS:
+            continue  # float8/float4/int4 and other types numpy holds only as stand-ins
         node.outputs.clear()
         out.to_constant(values)
         count += 1
     return count
-
-
-# Never folded: folding DequantizeLinear(int8 weight) would turn a quantized model back into float weights.
-KEEP_UNFOLDED = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
-
-
-def keep_unfolded(node: gs.Node) -> bool:
-    """fold_constants' should_exclude_node: True for the quantization nodes a QDQ model must keep."""
-    return node.op in KEEP_UNFOLDED
-
-
-def fold_constants(graph: gs.Graph) -> int:
-    """graphsurgeon's fold_constants (evaluated with onnxruntime), Q/DQ nodes excluded; returns the number of
-    nodes it removed."""
-    before = len(graph.nodes)
-    logger = gs.logger.G_LOGGER
-    severity = logger.severity
-    logger.severity = logger.ERROR
-    try:
-        graph.toposort()
-        graph.fold_constants(
-            partitioning="basic", error_ok=True, size_threshold=1 << 24, should_exclude_node=keep_unfolded
-        )
-        graph.cleanup()
-    finally:
-        logger.severity = severity
-    return max(before - len(graph.nodes), 0)
 
 
 def _dropout_is_identity(node: gs.Node) -> bool:
@@ -110,6 +91,8 @@ def remove_passthrough(graph: gs.Graph) -> dict[str, int]:
 def matmul_add_to_gemm(graph: gs.Graph) -> int:
     """MatMul(A, B) + C -> Gemm(A, B, C) where A is 2-D, B a 2-D constant and C a constant bias row."""
     count = 0
+    if not reviewed(graph, "Gemm"):
+        return 0
     for matmul in nodes_of(graph, "MatMul"):
         a, b = matmul.inputs[0], matmul.inputs[1]
         weights = constant(b)
@@ -118,7 +101,7 @@ def matmul_add_to_gemm(graph: gs.Graph) -> int:
         if a.shape is None or len(a.shape) != 2:
             continue
         add = sole_consumer(graph, matmul.outputs[0])
-        if add is None or add.op != "Add" or len(add.inputs) != 2:
+        if add is None or not is_rewritable(graph, add, "Add") or len(add.inputs) != 2:
             continue
         other = add.inputs[1] if add.inputs[0] is matmul.outputs[0] else add.inputs[0]
         bias = constant(other)

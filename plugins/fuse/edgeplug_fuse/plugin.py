@@ -12,9 +12,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from edgeplug import Capabilities, Model, Option, OptionError, PluginError, RunContext, hookimpl
 from edgeplug.capabilities import BATCHNORM, CONTRIB
-from edgeplug.model import restore_model_fields
 
-from . import activation, batchnorm, cleanup, transformer
+from . import activation, batchnorm, cleanup, folding, passes, support, transformer, validity
 from .patterns import graph_of
 
 TARGETS = ("onnx", "onnxruntime")
@@ -81,48 +80,57 @@ def transform_graph(model: Model, ctx: RunContext) -> Model | None:
             "warning: quant does not quantize com.microsoft FusedConv; target=onnx keeps those Convs int8-able"
         )
     counts: dict[str, Any] = {"nodes_before": len(model.proto.graph.node)}
-    graph = graph_of(model)
-    work = _encoder_step(model, graph, options, counts, ctx)
-    if work is not model:
-        graph = graph_of(work)
-    _graph_passes(graph, options, counts)
+    try:
+        graph = graph_of(model)
+    except Exception as exc:  # a type or construct onnx-graphsurgeon cannot represent
+        reason = f"onnx-graphsurgeon cannot read this model ({type(exc).__name__}: {exc})".splitlines()[0]
+        ctx.record("skipped", [reason])
+        ctx.log(f"left as it was: {reason}")
+        return None
+    skipped = support.untouched(graph)
+    work = _encoder_step(model, graph, options, counts, ctx, skipped)
+    outcome = passes.apply(
+        work.proto,
+        _graph_passes(options),
+        like=model.proto,
+        changed=_changed,
+        graph=graph if work is model else None,
+    )
+    counts.update(outcome.counts)
+    skipped += [f"pass {name} rolled back: {why}" for name, why in outcome.rolled_back.items()]
     for key, value in counts.items():
         ctx.record(key, value)
+    if skipped:
+        ctx.record("skipped", skipped)
+        ctx.log("left as it was: " + "; ".join(skipped))
     _warn_left(counts, ctx)
-    applied = (
-        (work is not model) + sum(counts[k] for k in CLEANUPS) + sum(counts["batchnorm_folded"].values())
-    )
-    applied += sum(counts.get("activations_fused", {}).values())
-    if not applied:
+    if work is model and not _changed(counts):
         _explain_nothing(counts, ctx)
         return None
-    result = model.replace(_export(graph, model.proto))
+    result = model.replace(outcome.proto)
     ctx.record("nodes_after", len(result.proto.graph.node))
     _log_summary(counts, len(result.proto.graph.node), ctx)
     return result
 
 
-def _export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
-    """The graph as ONNX (what Model.from_graphsurgeon does), keeping only the value_info entries `original`
-    had: graphsurgeon writes every shape it knows, which grows the file (a QDQ model by ~2%); the core runs
-    its own shape inference where it needs shapes."""
-    proto = gs.export_onnx(graph, do_type_check=False)
-    restore_model_fields(proto, original)
-    had = {vi.name for vi in original.graph.value_info}
-    keep = [vi for vi in proto.graph.value_info if vi.name in had]
-    del proto.graph.value_info[:]
-    proto.graph.value_info.extend(keep)
-    return proto
-
-
 def _encoder_step(
-    model: Model, graph: gs.Graph, options: dict[str, Any], counts: dict[str, Any], ctx: RunContext
+    model: Model,
+    graph: gs.Graph,
+    options: dict[str, Any],
+    counts: dict[str, Any],
+    ctx: RunContext,
+    skipped: list[str],
 ) -> Model:
-    """The model with its transformer encoder fused when that is asked for and stays exact, else `model`."""
+    """The model with its transformer encoder fused when that is asked for, valid and exact, else `model`."""
     encoder = transformer.detect_encoder(graph)
     if not _wants_transformer(options, encoder, ctx):
         if encoder.found:
             counts["transformer"] = {"detected": encoder.as_dict(), "fused": {}}
+        return model
+    blockers = support.encoder_blockers(graph)
+    if blockers:
+        counts["transformer"] = {"detected": encoder.as_dict(), "fused": {}}
+        skipped.append("transformer encoder fusion not run: " + ", ".join(blockers))
         return model
     heads = options["num_heads"] or encoder.num_heads
     hidden = options["hidden_size"] or encoder.hidden_size
@@ -141,27 +149,79 @@ def _encoder_step(
     if not fused:
         ctx.log("transformer encoder fusion found nothing to fuse")
         return model
+    invalid = validity.problem(proto)
+    if invalid is not None:
+        counts["transformer"]["dropped"] = f"the fused model is invalid: {invalid}"
+        skipped.append(f"transformer encoder fusion rolled back: the fused model is invalid ({invalid})")
+        return model
     if not _encoder_within_tolerance(model, proto, ctx, counts["transformer"]):
         return model
     return model.replace(proto)
 
 
-def _graph_passes(graph: gs.Graph, options: dict[str, Any], counts: dict[str, Any]) -> None:
-    """The graphsurgeon rewrites, in an order where each one sets up the next, counted into `counts`."""
-    nodes = len(graph.nodes)
-    counts["constant_nodes_to_initializers"] = cleanup.constant_nodes_to_initializers(graph)
-    graph.cleanup()
-    counts["dead_nodes_removed"] = nodes - len(graph.nodes) - counts["constant_nodes_to_initializers"]
-    counts["constant_nodes_folded"] = cleanup.fold_constants(graph)
-    removed = cleanup.remove_passthrough(graph)
-    counts["identity_removed"], counts["dropout_removed"] = removed["Identity"], removed["Dropout"]
-    counts["matmul_add_to_gemm"] = cleanup.matmul_add_to_gemm(graph)
-    counts.update(batchnorm.fold_batchnorms(graph).as_dict())
+def _graph_passes(options: dict[str, Any]) -> list[passes.Pass]:
+    """The graphsurgeon rewrites, in an order where each one sets up the next."""
+    chain = [
+        passes.Pass(
+            "constant_nodes_to_initializers",
+            _constants_and_dead_nodes,
+            {"constant_nodes_to_initializers": 0, "dead_nodes_removed": 0},
+        ),
+        passes.Pass(
+            "constant_folding",
+            lambda g: {"constant_nodes_folded": folding.fold_constants(g)},
+            {"constant_nodes_folded": 0},
+        ),
+        passes.Pass("passthrough_removal", _passthrough, {"identity_removed": 0, "dropout_removed": 0}),
+        passes.Pass(
+            "matmul_add_to_gemm",
+            lambda g: {"matmul_add_to_gemm": cleanup.matmul_add_to_gemm(g)},
+            {"matmul_add_to_gemm": 0},
+        ),
+        passes.Pass(
+            "batchnorm_folding",
+            lambda g: batchnorm.fold_batchnorms(g).as_dict(),
+            {"batchnorm_folded": {}, "batchnorm_left": {}},
+        ),
+    ]
     if options["target"] == "onnxruntime":
-        counts["activations_fused"] = dict(sorted(activation.fuse_conv_activations(graph).items()))
+        chain.append(
+            passes.Pass(
+                "activation_fusion",
+                lambda g: {"activations_fused": dict(sorted(activation.fuse_conv_activations(g).items()))},
+                {"activations_fused": {}},
+            )
+        )
     # after the folds, so that folding never sees weights shared only because their values matched
-    counts["duplicate_initializers_merged"] = cleanup.merge_duplicate_initializers(graph)
-    graph.cleanup().toposort()
+    chain.append(
+        passes.Pass(
+            "duplicate_initializers",
+            lambda g: {"duplicate_initializers_merged": cleanup.merge_duplicate_initializers(g)},
+            {"duplicate_initializers_merged": 0},
+        )
+    )
+    return chain
+
+
+def _changed(counts: dict[str, Any]) -> bool:
+    """True when the graph passes rewrote something (by their counts)."""
+    rewrites = sum(counts.get(key, 0) for key in CLEANUPS) + sum(counts.get("batchnorm_folded", {}).values())
+    return bool(rewrites + sum(counts.get("activations_fused", {}).values()))
+
+
+def _constants_and_dead_nodes(graph: gs.Graph) -> dict[str, int]:
+    nodes = len(graph.nodes)
+    converted = cleanup.constant_nodes_to_initializers(graph)
+    graph.cleanup(recurse_subgraphs=False, recurse_functions=False)
+    return {
+        "constant_nodes_to_initializers": converted,
+        "dead_nodes_removed": nodes - len(graph.nodes) - converted,
+    }
+
+
+def _passthrough(graph: gs.Graph) -> dict[str, int]:
+    removed = cleanup.remove_passthrough(graph)
+    return {"identity_removed": removed["Identity"], "dropout_removed": removed["Dropout"]}
 
 
 def _checked(options: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from edgeplug import MissingDependencyError
 
+from .passes import finish
 from .patterns import Names, constant, is_omitted, nodes_of, producer, sole_consumer
 
 LAYERNORM_OPSET = 17  # LayerNormalization is a standard ONNX op from this opset on
@@ -210,7 +211,17 @@ def fuse_encoder(
         stats["LayerNormalization"] -= decompose_layernorms(graph)
         stats = {op: n for op, n in stats.items() if n}
         fused = gs.export_onnx(graph, do_type_check=False)
+    _import_contrib_domains(fused)
     return fused, stats
+
+
+def _import_contrib_domains(proto: onnx.ModelProto) -> None:
+    """Declare the domains the fused nodes use (the optimizer writes com.microsoft nodes without importing
+    the domain; onnx.checker refuses that, a graphsurgeon export used to add it)."""
+    known = {imp.domain for imp in proto.opset_import}
+    used = {node.domain for node in proto.graph.node if node.domain not in ("", "ai.onnx")}
+    for domain in sorted(used - known):
+        proto.opset_import.append(onnx.helper.make_opsetid(domain, 1))
 
 
 def decompose_layernorms(graph: gs.Graph) -> int:
@@ -243,7 +254,7 @@ def decompose_layernorms(graph: gs.Graph) -> int:
         else:
             emit("Add", [emit("Mul", [normed, scale]), bias], out)
         count += 1
-    graph.cleanup().toposort()
+    finish(graph)
     return count
 
 
