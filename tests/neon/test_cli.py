@@ -61,10 +61,11 @@ def test_cli_writes_sources_and_both_libraries(tmp_path: Path) -> None:
     assert "aarch64" in arm.lower() or "arm" in arm.lower()
     assert (out / "libedgeplug_model_aarch64.so").read_bytes()[18] == 183  # ELF e_machine EM_AARCH64
     report = json.loads((out / "report.json").read_text())
-    verification = report["compile"]["details"]["verification"]
-    assert set(verification) == {"host", "aarch64"}
-    assert all(v["passed"] and v["metrics"]["logits"]["top1"] == 1.0 for v in verification.values())
+    verification = report["compile"]["details"]["verification"]  # what neon ran itself: qemu only
+    assert set(verification) == {"aarch64"}
+    assert verification["aarch64"]["passed"] and verification["aarch64"]["metrics"]["logits"]["top1"] == 1.0
     assert report["compile"]["kind"] == "c-library" and report["compile"]["verification"]["passed"]
+    assert report["compile"]["verification"]["vs_final_model"]["logits"]["top1"] == 1.0  # the host library
     if shutil.which("make"):  # the shipped Makefile rebuilds the host library
         (out / "libedgeplug_model_host.so").unlink()
         subprocess.run(["make", "-C", str(out), "host"], check=True, capture_output=True, timeout=120)
@@ -175,7 +176,7 @@ def test_disagreement_fails_verification(tmp_path: Path) -> None:
         str(tmp_path / "out"),
     )
     assert code == 1
-    assert "host build" in text and "differ" in text
+    assert "compiled c-library differs from the model" in text
 
 
 def test_make_runner_runs_host_library(tmp_path: Path) -> None:

@@ -221,8 +221,9 @@ def test_operator_host_and_qemu(case: str, compile_model) -> None:
     got = compile_model(CASES[case](), samples=3)
     assert_close(got["host"], got["reference"])
     assert_close(got["aarch64"], got["reference"])
-    details = got["result"].report["compile"]["details"]["verification"]
-    assert details["host"]["passed"] and details["aarch64"]["passed"]
+    compiled = got["result"].report["compile"]
+    assert compiled["details"]["verification"]["aarch64"]["passed"]  # neon, under qemu
+    assert compiled["verification"]["passed"]  # the core, the host library
 
 
 def test_generated_source_uses_neon_and_scalar_paths(compile_model) -> None:

@@ -1,9 +1,9 @@
-"""When prune must refuse or not apply: quantized weights, sparsity 0, and the totals of an empty model."""
+"""When prune must refuse or not apply: quantized weights (in the model, or from an earlier step), sparsity
+0, and the totals of an empty model."""
 
 from __future__ import annotations
 
 import json
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import edgeplug
@@ -11,11 +11,13 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from edgeplug import Capabilities, Model, RunContext, hookimpl
 from edgeplug.cli import main
+from edgeplug.plugin_api import QDQ_INT8
 from edgeplug_prune.accounting import compare_layers, totals
 from edgeplug_prune.magnitude import has_float_weights
 
-from tests.conftest import quantize_example
+from tests.conftest import quantize_example, registered
 from tests.prune.conftest import DIGITS, TEST_DATA
 
 
@@ -50,24 +52,33 @@ def test_quantized_model_is_refused_with_one_sentence(tmp_path: Path) -> None:
         edgeplug.optimize(qdq, ["prune"], data=TEST_DATA, output_dir=tmp_path / "api")
 
 
-def test_prune_after_the_quant_plugin_is_refused(tmp_path: Path) -> None:
-    if "quant" not in {e.name for e in entry_points(group="edgeplug")}:
-        pytest.skip("the quant plugin is not installed")
-    result = CliRunner().invoke(
-        main,
-        [
-            "run",
-            str(DIGITS),
-            "--plugins",
-            "quant,prune",
-            "--data",
-            str(TEST_DATA),
-            "--output-dir",
-            str(tmp_path),
-        ],
-    )
+class EmitsQdq:
+    """A step declaring that it produces int8 Q/DQ (as a quantizer does); it never runs here."""
+
+    @hookimpl
+    def plugin_capabilities(self) -> Capabilities:
+        return Capabilities(produces=frozenset({QDQ_INT8}))
+
+    @hookimpl
+    def transform_graph(self, model: Model, ctx: RunContext) -> Model:
+        raise AssertionError("the chain must be refused before any step runs")
+
+
+def test_prune_after_a_step_producing_int8_qdq_is_refused(tmp_path: Path) -> None:
+    """prune declares that it consumes no int8 Q/DQ: the core refuses the chain before any work and says
+    where to move prune (the words are the core's; prune names no other plugin)."""
+    with registered((EmitsQdq(), "qdqmaker")):
+        result = CliRunner().invoke(
+            main,
+            [
+                *("run", str(DIGITS), "--plugins", "qdqmaker,prune", "--data", str(TEST_DATA)),
+                *("--output-dir", str(tmp_path)),
+            ],
+        )
     assert result.exit_code == 2, result.output
-    assert "(produced by quant)" in result.output and "put prune before quant" in result.output
+    assert "plugin 'prune' cannot take this model: it would receive int8 Q/DQ" in result.output
+    assert "(produced by qdqmaker)" in result.output and "put prune before qdqmaker" in result.output
+    assert json.loads((tmp_path / "report.json").read_text())["steps"] == []
 
 
 def test_totals_of_no_parameters_report_no_sparsity() -> None:

@@ -81,10 +81,7 @@ def test_zoo_graph_shrinks_and_stays_consistent(
 
 def test_first_conv_is_spared_and_overrides_apply(resnet_style: Path) -> None:
     proto = onnx.load(resnet_style)
-    settings = PruneSettings(
-        mode="structured",
-        overrides=PruneSettings.from_options({"overrides": ["layers.2.0.conv1:0"]}).overrides,
-    )
+    settings = PruneSettings(mode="structured", overrides=["layers.2.0.conv1:0"])
     result = prune_channels(proto, settings, 0.5, log=lambda _: None)
     groups = {tuple(g["producers"]): g for g in result.groups}
     stem = next(g for p, g in groups.items() if any("stem" in n for n in p))
@@ -134,7 +131,7 @@ def _concat_model() -> onnx.ModelProto:
 def test_concat_offsets_map_to_the_right_consumer_channels() -> None:
     proto = _concat_model()
     onnx.checker.check_model(proto, full_check=True)
-    overrides = PruneSettings.from_options({"overrides": ["convA:0.5", "convB:0.17", "convC:0.2"]}).overrides
+    overrides = ["convA:0.5", "convB:0.17", "convC:0.2"]
     settings = PruneSettings(mode="structured", skip_first_last=False, overrides=overrides)
     result = prune_channels(proto, settings, 0.5, log=lambda _: None)
     onnx.checker.check_model(result.proto, full_check=True)
@@ -461,7 +458,7 @@ def _mlp() -> onnx.ModelProto:
 
 def test_mlp_hidden_units_are_pruned_and_rewired(tmp_path: Path) -> None:
     proto = _mlp()
-    overrides = PruneSettings.from_options({"overrides": ["fc1:0.125", "fc2:0.09"]}).overrides
+    overrides = ["fc1:0.125", "fc2:0.09"]
     result = prune_channels(
         proto,
         PruneSettings(mode="structured", skip_first_last=False, overrides=overrides),

@@ -102,9 +102,7 @@ def test_depthwise_and_override_policies(mobilenet_style: Path) -> None:
     from edgeplug_prune.magnitude import prune_weights
     from edgeplug_prune.settings import PruneSettings
 
-    cfg = PruneSettings.from_options(
-        {"depthwise_sparsity": 0.75, "overrides": ["features.6.0*:0", "features.2*:0.25"]}
-    )
+    cfg = PruneSettings(depthwise_sparsity=0.75, overrides=["features.6.0*:0", "features.2*:0.25"])
     pruned, rows = prune_weights(proto, cfg, 0.5, log=lambda _: None)
     by_weight = {r["weight"]: r for r in rows}
     depthwise = [r for r in rows if r["op"] == "DepthwiseConv"]
@@ -185,18 +183,28 @@ def test_sparse_storage_waits_when_a_step_follows(tmp_path: Path) -> None:
     )
     details = result.report["steps"][0]["details"]
     assert details["storage"]["sparse_weights"] == []
-    assert "fuse" in details["storage_note"]
+    assert details["storage_note"] == "kept dense: later steps of the chain take dense weights"
 
 
 @pytest.mark.parametrize(
     ("option", "words"),
     [
-        ("prune.nm=4:2", "N must be"),
-        ("prune.nm=two", "write N:M"),
-        ("prune.overrides=conv1", "PATTERN:SPARSITY"),
-        ("prune.overrides=conv1:1.5", "must be in [0, 1)"),
-        ("prune.sparsity=1.0", "must be in [0, 1)"),
-        ("prune.mode=random", "expected one of"),
+        # structured values, parsed by the plugin in the core's format
+        ("prune.nm=4:2", "bad value '4:2' for prune.nm: expected N:M with 1 <= N < M"),
+        ("prune.nm=two", "bad value 'two' for prune.nm: expected N:M"),
+        ("prune.overrides=conv1", "bad value 'conv1' for prune.overrides: expected PATTERN:SPARSITY"),
+        ("prune.overrides=conv1:1.5", "bad value 'conv1:1.5' for prune.overrides: expected PATTERN:SPARSITY"),
+        # types, choices and bounds: the core, from the declaration
+        (
+            "prune.sparsity=1.0",
+            "bad value '1.0' for prune.sparsity: expected a number (float) from 0 to 0.999",
+        ),
+        ("prune.depthwise_sparsity=-0.1", "bad value '-0.1' for prune.depthwise_sparsity: expected"),
+        ("prune.epochs=0", "bad value '0' for prune.epochs: expected an integer of at least 1"),
+        (
+            "prune.mode=random",
+            "bad value 'random' for prune.mode: expected one of unstructured, nm, structured",
+        ),
     ],
 )
 def test_bad_options_exit_2_with_one_sentence(option: str, words: str, tmp_path: Path) -> None:

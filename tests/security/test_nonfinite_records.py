@@ -17,17 +17,17 @@ from edgeplug.options import Tolerance
 from edgeplug.run_record import RunRecord
 from edgeplug_security.calibration import build_record
 from edgeplug_security.input_spec import InputSpec
-from edgeplug_security.plugin import OPTIONS
 from edgeplug_security.record import KEY, SecurityRecord, read_record
+from edgeplug_security.settings import SecuritySettings
 
 from .conftest import error_line, infer_cli
-
-DEFAULTS = {o.name: o.default for o in OPTIONS}
 
 
 def _ctx(model: Model, samples: list[dict[str, np.ndarray]], tmp_path: Path) -> RunContext:
     data = Dataset(samples, samples, "file", 0, "test")
-    return RunContext("security", dict(DEFAULTS), Tolerance(), data, ("security",), tmp_path, quiet=True)
+    return RunContext(
+        "security", {}, Tolerance(), data, ("security",), tmp_path, quiet=True, settings=SecuritySettings()
+    )
 
 
 def test_nan_calibration_samples_are_refused(

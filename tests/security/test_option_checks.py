@@ -1,5 +1,6 @@
-"""Option values are refused with exit 2 before any work: bad ranges, NaN, out-of-bounds values, a
-malformed pin, and the worker's limits where no worker runs."""
+"""Option values are refused with exit 2 before any work: bad ranges, NaN, out-of-bounds values (by the
+core, from the declaration in settings.py, in its one format), a malformed pin, and the worker's limits
+where no worker runs."""
 
 from __future__ import annotations
 
@@ -19,9 +20,17 @@ from .conftest import cli, error_line
         ("input_range=5,1", r"LOW 5\.0 is above HIGH 1\.0"),
         ("input_range=image:0:1", r"security\.input_range names 'image'"),
         ("input_range=-inf,inf", "LOW and HIGH must be finite numbers"),
-        # NaN: refused by the plugin's check or by the core's option parser, naming option and value
-        ("squeeze_fpr=nan", r"bad value '?nan'? for security\.squeeze_fpr: expected a (finite )?number"),
-        ("squeeze_bits=17", r"bad value 17 for security\.squeeze_bits"),
+        # NaN and bounds: refused by the core's option parser, naming option and value
+        (
+            "squeeze_fpr=nan",
+            r"bad value 'nan' for security\.squeeze_fpr: expected a number \(float\) from 0 to 1$",
+        ),
+        ("squeeze_bits=17", r"bad value '17' for security\.squeeze_bits: expected an integer from 0 to 16$"),
+        (
+            "range_margin=inf",
+            r"bad value 'inf' for security\.range_margin: expected a number \(float\) from 0 to 10$",
+        ),
+        ("deny_labels=cat", r"bad value 'cat' for security\.deny_labels: expected class indices"),
     ],
 )
 def test_bad_run_options_exit_2_before_any_work(
@@ -57,5 +66,5 @@ def test_a_timeout_beyond_a_week_is_refused(example_model: Path, tmp_path: Path)
     line = error_line(cli([*args, "-o", "security.require_hash=false", "-o", "security.timeout_s=1e30"]))
     assert (
         line
-        == "edgeplug: error: bad value 1e+30 for security.timeout_s: expected a number above 0.0 and at most 604800.0"
+        == "edgeplug: error: bad value '1e30' for security.timeout_s: expected a number (float) from 0.001 to 604800"
     )

@@ -125,7 +125,12 @@ def test_int8_without_qdq_is_refused(tmp_path: Path, example_model: Path) -> Non
     code, output = _run(
         str(example_model), "--plugins", "trt", "-o", "trt.precision=int8", "--output-dir", str(tmp_path)
     )
-    assert code == 2 and "needs a Q/DQ model" in output and "quant,trt" in output
+    assert (
+        code == 2
+        and "needs a Q/DQ model" in output
+        and "produces int8 Q/DQ" in output
+        and "before trt" in output
+    )
 
 
 @needs_no_tensorrt
@@ -163,11 +168,14 @@ def test_qdq_model_at_fp32_is_refused(tmp_path: Path, example_model: Path, examp
     ("option", "message"),
     [
         ("trt.precision=int4", "expected one of fp32, fp16, int8"),
-        ("trt.workspace_mb=0", "workspace_mb must be at least 1"),
-        ("trt.optimization_level=9", "optimization_level must be within 0..5"),
+        ("trt.workspace_mb=0", "bad value '0' for trt.workspace_mb: expected an integer of at least 1"),
+        (
+            "trt.optimization_level=9",
+            "bad value '9' for trt.optimization_level: expected an integer from 0 to 5",
+        ),
         ("trt.max_shapes=input:8x1x8x8", "not in opt_shapes"),
         ("trt.opt_shapes=input:2x1x8", "rank 3"),
-        ("trt.max_batch=-1", "max_batch"),
+        ("trt.max_batch=-1", "bad value '-1' for trt.max_batch"),
         ("trt.workspace=1", "unknown option trt.workspace"),
     ],
 )

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 from edgeplug import Model, OptionError, PluginError
 from edgeplug_trt.profiles import build_profile, parse_shapes
+from edgeplug_trt.settings import TrtSettings
 
 from tests import zoo
 
-DEFAULTS: dict[str, Any] = {"min_shapes": None, "opt_shapes": None, "max_shapes": None, "max_batch": 8}
 
-
-def _opts(**kw: Any) -> dict[str, Any]:
-    return {**DEFAULTS, **kw}
+def _opts(**kw: Any) -> TrtSettings:
+    return TrtSettings(**kw)
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +77,8 @@ def test_user_shapes_for_a_dynamic_sequence() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"opt_shapes": ["input1x1x8x8"]}, "write NAME:1x3x224x224"),
-        ({"opt_shapes": ["input:1xAx8x8"]}, "write NAME:1x3x224x224"),
+        ({"opt_shapes": ["input1x1x8x8"]}, "expected NAME:1x3x224x224"),
+        ({"opt_shapes": ["input:1xAx8x8"]}, "expected NAME:1x3x224x224"),
         ({"opt_shapes": ["input:0x1x8x8"]}, "at least 1"),
         ({"opt_shapes": ["image:1x1x8x8"]}, "model's inputs are input"),
         ({"opt_shapes": ["input:1x1x8"]}, "rank 3"),
@@ -95,7 +94,6 @@ def test_user_shapes_for_a_dynamic_sequence() -> None:
         ({"min_shapes": ["input:1x1x8x8"], "max_shapes": ["input:8x1x8x8"]}, "not in opt_shapes"),
         ({"min_shapes": ["input:1x1x8x8"], "opt_shapes": ["input:2x1x8x8"]}, "no trt.max_shapes"),
         ({"opt_shapes": ["input:1x1x8x8", "input:2x1x8x8"]}, "twice"),
-        ({"max_batch": 0}, "max_batch"),
     ],
 )
 def test_bad_profile_options(digits: Model, options: dict[str, Any], message: str) -> None:

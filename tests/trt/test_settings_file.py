@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 import onnx
 import pytest
@@ -16,6 +15,7 @@ from edgeplug.options import Tolerance
 from edgeplug_trt import plugin
 from edgeplug_trt.engine_build import BuildResult, BuildSettings
 from edgeplug_trt.operators import TABLE_TENSORRT_VERSION
+from edgeplug_trt.settings import TrtSettings
 
 
 def test_settings_file_holds_the_options_and_the_build_result(
@@ -31,18 +31,17 @@ def test_settings_file_holds_the_options_and_the_build_result(
     monkeypatch.setattr(plugin.availability, "missing", lambda: None)
     monkeypatch.setattr(plugin, "build_engine", stand_in_build)
     model = Model.load(example_model)
-    opts: dict[str, Any] = {o.name: o.default for o in plugin.plugin_options()}
-    opts.update(
+    settings = TrtSettings(
         workspace_mb=64,
         optimization_level=5,
         tf32=True,
-        timing_cache=str(tmp_path / "shared.cache"),
+        timing_cache=tmp_path / "shared.cache",
         min_shapes=["input:1x1x8x8"],
         opt_shapes=["input:4x1x8x8"],
         max_shapes=["input:16x1x8x8"],
     )
     data = Dataset([], [], "generated", 0, "none")
-    ctx = RunContext("trt", opts, Tolerance(), data, ("trt",), tmp_path / "work", quiet=True)
+    ctx = RunContext("trt", {}, Tolerance(), data, ("trt",), tmp_path / "work", quiet=True, settings=settings)
     artifact = plugin.compile(model=model, ctx=ctx)
 
     ((onnx_path, settings),) = asked
@@ -98,9 +97,8 @@ def test_default_timing_cache_lives_in_the_workdir(
 
     monkeypatch.setattr(plugin.availability, "missing", lambda: None)
     monkeypatch.setattr(plugin, "build_engine", stand_in_build)
-    opts: dict[str, Any] = {o.name: o.default for o in plugin.plugin_options()}
     data = Dataset([], [], "generated", 0, "none")
-    ctx = RunContext("trt", opts, Tolerance(), data, ("trt",), tmp_path, quiet=True)
+    ctx = RunContext("trt", {}, Tolerance(), data, ("trt",), tmp_path, quiet=True, settings=TrtSettings())
     plugin.compile(model=Model.load(example_model), ctx=ctx)
     written = json.loads((tmp_path / "trt-settings.json").read_text())
     assert written["timing_cache"] == str(tmp_path / "trt-timing.cache")

@@ -69,12 +69,14 @@ def unsupported_nodes(model: Model) -> list[str]:
 
 
 def check_supported(model: Model, allow_batchnorm: bool = False) -> None:
-    """Refuse BatchNormalization (unless `fuse` runs first) and list every unsupported node."""
+    """Refuse BatchNormalization (`allow_batchnorm`: an earlier step removes it) and list every unsupported
+    node."""
     bn = [n.name or "<unnamed>" for n in model.proto.graph.node if n.op_type == "BatchNormalization"]
     if bn and not allow_batchnorm:
         raise PluginError(
             f"neon: the model still holds {len(bn)} BatchNormalization node(s) ({', '.join(bn[:3])}"
-            f"{', ...' if len(bn) > 3 else ''}); put `fuse` before `neon` (--plugins fuse,neon) to fold them"
+            f"{', ...' if len(bn) > 3 else ''}); fold them into the convolutions first (put a plugin that "
+            "removes BatchNormalization nodes before neon)"
         )
     bad = unsupported_nodes(model)
     if bad:

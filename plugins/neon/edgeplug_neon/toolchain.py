@@ -33,7 +33,9 @@ def find(
     cc: str | None, cross_cc: str | None, dotprod: bool, need_aarch64: bool, need_qemu: bool
 ) -> Toolchain:
     """Resolve compiler and emulator paths, or raise MissingDependencyError naming the Debian packages."""
-    host = shutil.which(str(cc or "cc")) or shutil.which("gcc")
+    host = shutil.which(str(cc or "cc"))
+    if host is None and (cc or "cc") == "cc":  # the default name: any C compiler will do
+        host = shutil.which("gcc")
     if host is None:
         raise MissingDependencyError(
             f"neon: no host C compiler found ({cc or 'cc'}); install gcc or pass -o neon.cc=PATH"

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from edgeplug import DataError, MissingDependencyError, Model, ModelError, PluginError, RunContext
-from edgeplug.model import set_metadata
+from edgeplug.plugin_api import set_metadata
 
 from .settings import DEFAULT_SPARSITY, PruneSettings
 

@@ -151,7 +151,7 @@ def prune_weights(
     masks: dict[str, np.ndarray] = {}
     notes: dict[str, str] = {}
     if settings.mode == "nm":
-        n, m = settings.nm
+        n, m = settings.pattern
         for site in sites:
             target, why = targets[site.weight]
             if why in ("first layer", "last layer") or (why == "override" and target == 0.0):
@@ -195,7 +195,7 @@ def prune_weights(
             "policy": why,
         }
         if settings.mode == "nm":
-            row["pattern"] = f"{settings.nm[0]}:{settings.nm[1]}" if site.weight in masks else None
+            row["pattern"] = "{}:{}".format(*settings.pattern) if site.weight in masks else None
         if site.weight in notes:
             row["skipped"] = notes[site.weight]
             log(f"{site.node}: not pruned ({notes[site.weight]})")

@@ -7,19 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-from edgeplug import Capabilities, Model, Option, PluginError, RunContext, hookimpl
-from edgeplug.capabilities import DYNAMIC_INT8, FORMS, QDQ_INT8
-from edgeplug.model import get_metadata
-from edgeplug.verify import evaluate, outputs_of
+from edgeplug import Capabilities, Model, PluginError, RunContext, hookimpl
+from edgeplug.plugin_api import DYNAMIC_INT8, FORMS, QDQ_INT8, get_metadata
 
-from . import settings as config
 from .accounting import compare_layers, totals
 from .keras_training import TRAINED_KEY, TRAINED_STEP, is_keras, prune_keras
 from .magnitude import has_float_weights, is_quantized, prune_weights
 from .reconstruct import reconstruct
 from .search import bisect_sparsity
 from .sensitivity import channel_sensitivity
-from .settings import PruneSettings
+from .settings import DEFAULT_SPARSITY, PruneSettings
 from .storage import densify, has_sparse_constants, sizes, to_sparse
 from .structured import prune_channels
 
@@ -29,13 +26,13 @@ MAX_CALIBRATION = 2048
 
 @hookimpl
 def plugin_capabilities() -> Capabilities:
-    """Pruning edits float weights: it takes no quantized model (put it before quantization)."""
+    """Pruning edits float weights: it takes no int8 Q/DQ or dynamic int8 model (run it on the float model)."""
     return Capabilities(consumes=FORMS - {QDQ_INT8, DYNAMIC_INT8})
 
 
 @hookimpl
-def plugin_options() -> list[Option]:
-    return config.options()
+def plugin_options() -> type[PruneSettings]:
+    return PruneSettings
 
 
 @hookimpl
@@ -43,20 +40,23 @@ def load_model(path: Path, ctx: RunContext) -> Model | None:
     """Keras files (.h5, .keras, SavedModel folders): prune while fine-tuning with tfmot, export to ONNX."""
     if not is_keras(path):
         return None
-    return prune_keras(path, ctx, PruneSettings.from_options(ctx.options))
+    settings: PruneSettings = ctx.settings
+    return prune_keras(path, ctx, settings.checked())
 
 
 @hookimpl
 def pre_optimize(model: Model, ctx: RunContext) -> None:
-    """Refuse bad options and reconstruction on generated data before any step runs."""
-    cfg = PruneSettings.from_options(ctx.options)
+    """Refuse a bad N:M pattern or override (the core has checked the other values) and reconstruction on
+    generated data before any step runs."""
+    cfg: PruneSettings = ctx.settings
+    cfg.checked()
     if cfg.mode == "structured" and cfg.reconstruct:
         ctx.require_real_data("least-squares reconstruction after structured pruning")
 
 
 @hookimpl
 def transform_graph(model: Model, ctx: RunContext) -> Model | None:
-    cfg = PruneSettings.from_options(ctx.options)
+    cfg: PruneSettings = ctx.settings
     weighted = any(n.op_type in ("Conv", "Gemm", "MatMul") for n in model.proto.graph.node)
     if not weighted and not is_quantized(model.proto):
         ctx.log("no Conv, Gemm or MatMul weights to prune")
@@ -77,14 +77,13 @@ def transform_graph(model: Model, ctx: RunContext) -> Model | None:
         return _prune(model.proto, cfg, sparsity, ctx, use_lsq, calibration)
 
     if cfg.sparsity is None and budget and cfg.mode != "nm":
-        reference = outputs_of(model, ctx.data.validation, ctx.threads)
 
         def passes(sparsity: float) -> tuple[bool, dict[str, Any]]:
+            """Judged as the core will judge the step: against the outputs it holds for this step's input."""
             proto, _ = build(sparsity)
-            candidate = outputs_of(model.replace(proto), ctx.data.validation, ctx.threads)
-            metrics, failures = evaluate(reference, candidate, ctx.tolerance)
-            summary = {k: v for m in metrics.values() for k, v in m.items() if k in ("cosine", "top1")}
-            return not failures, summary
+            verdict = ctx.check(model.replace(proto))
+            summary = {k: v.value for k, v in verdict.metrics.items() if v.value is not None}
+            return verdict.passed, summary
 
         ctx.log(
             f"searching the highest sparsity meeting {', '.join(budget)} on {len(ctx.data.validation)} "
@@ -103,7 +102,7 @@ def transform_graph(model: Model, ctx: RunContext) -> Model | None:
     else:
         if cfg.sparsity is None and budget and cfg.mode == "nm":
             ctx.log("mode=nm has a fixed pattern; the budget is verified, not searched")
-        sparsity = config.DEFAULT_SPARSITY if cfg.sparsity is None else cfg.sparsity
+        sparsity = DEFAULT_SPARSITY if cfg.sparsity is None else cfg.sparsity
     proto, details = build(sparsity)
     if cfg.mode == "structured" and not any(g["kept"] < g["channels"] for g in details["groups"]):
         reasons = sorted({g["policy"] for g in details["groups"]}) or [
@@ -119,7 +118,7 @@ def transform_graph(model: Model, ctx: RunContext) -> Model | None:
         ctx.log(_nothing_pruned(cfg, sparsity))
         return None
     info.update(details)
-    info["sparsity_target"] = sparsity if cfg.mode != "nm" else cfg.nm[0] / cfg.nm[1]
+    info["sparsity_target"] = sparsity if cfg.mode != "nm" else cfg.pattern[0] / cfg.pattern[1]
     if cfg.sensitivity and cfg.mode == "structured":
         info["sensitivity"] = channel_sensitivity(model, cfg, sparsity, ctx)
     return _finish(model, proto, ctx, cfg, info)
@@ -132,7 +131,7 @@ def _require_float_weights(proto: onnx.ModelProto) -> None:
     if is_quantized(proto):
         raise PluginError(
             "prune: no float Conv/Gemm/MatMul weights to prune (the model is quantized: its weights sit "
-            "behind DequantizeLinear or in integer ops); put prune before quant, e.g. --plugins prune,quant"
+            "behind DequantizeLinear or in integer ops); prune the float model, before quantization"
         )
     raise PluginError(
         "prune: no float Conv/Gemm/MatMul weights to prune (the weights are computed or graph inputs, "
@@ -142,7 +141,8 @@ def _require_float_weights(proto: onnx.ModelProto) -> None:
 
 def _nothing_pruned(cfg: PruneSettings, sparsity: float) -> str:
     if cfg.mode == "nm":
-        return f"no layer takes the {cfg.nm[0]}:{cfg.nm[1]} pattern; nothing pruned, the step does not apply"
+        n, m = cfg.pattern
+        return f"no layer takes the {n}:{m} pattern; nothing pruned, the step does not apply"
     if sparsity == 0:
         return "sparsity 0 removes no weight; nothing pruned, the step does not apply"
     return (
@@ -199,10 +199,8 @@ def _finish(
     layers = compare_layers(model.proto, proto)
     stored: list[dict[str, Any]] = []
     if cfg.storage == "sparse" and cfg.mode != "structured":
-        if ctx.following:
-            info["storage_note"] = (
-                f"kept dense: {', '.join(ctx.following)} run after prune and take dense weights"
-            )
+        if ctx.following:  # sparse initializers are for the deployed file; later steps edit dense weights
+            info["storage_note"] = "kept dense: later steps of the chain take dense weights"
         else:
             weights = [r["weight"] for r in info.get("weights", [])] or _zeroed(proto)
             proto, stored = to_sparse(proto, weights)

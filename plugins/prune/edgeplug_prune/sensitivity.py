@@ -10,7 +10,7 @@ from typing import Any
 from edgeplug import Model, RunContext
 from edgeplug.plugin_api import cosine
 
-from .settings import Override, PruneSettings
+from .settings import PruneSettings
 from .structured import prune_channels
 
 SAMPLES = 16
@@ -22,14 +22,14 @@ def channel_sensitivity(
     """For each prunable group: the worst per-sample cosine of the outputs when only that group loses
     `sparsity` of its channels (no reconstruction), on at most 16 validation samples."""
     samples = ctx.data.validation[:SAMPLES]
-    reference = ctx.evaluate(model, samples)
+    reference = {name: value[:SAMPLES] for name, value in ctx.previous.items()}  # held by the core
     groups = prune_channels(model.proto, cfg, sparsity, log=_silent).groups
     prunable = [g for g in groups if g["kept"] < g["channels"]]
     names = [name for g in groups for name in g["producers"]]
     rows = []
     for group in ctx.progress(prunable, "sensitivity"):
         mine = set(group["producers"])
-        overrides = tuple(Override(n, sparsity if n in mine else 0.0) for n in names)
+        overrides = [f"{n}:{sparsity if n in mine else 0.0}" for n in names]
         only = dataclasses.replace(cfg, overrides=overrides)
         pruned = prune_channels(model.proto, only, sparsity, log=_silent).proto
         outputs = ctx.evaluate(model.replace(pruned), samples)

@@ -1,95 +1,23 @@
-"""The prune plugin's options: declarations and their parsed, validated form."""
+"""The prune plugin's options, declared once: the core parses `-o prune.KEY=VALUE` and `[prune]` tables
+into `PruneSettings`, checks types, choices and bounds, and hands the instance to the plugin as
+`ctx.settings`. Only the structured values (`nm`, `overrides`) are parsed here."""
 
 from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
 
-from edgeplug import Option, OptionError
+from edgeplug import OptionError, option
 
 DEFAULT_SPARSITY = 0.5
+# the largest fraction of weights (or channels) a layer may lose: 1 would remove it whole
+MAX_SPARSITY = 0.999
 # Pruning changes what the model computes: the default budget only catches a broken result (a trained
 # classifier pruned 50% by magnitude keeps its logits' cosine well above 0.9); users tighten it.
 DEFAULT_MIN_COSINE = 0.9
-MODES = ("unstructured", "nm", "structured")
-
-
-def options() -> list[Option]:
-    """The options `edgeplug plugins` shows for prune."""
-    return [
-        Option(
-            "mode",
-            "str",
-            "unstructured",
-            "unstructured (magnitude), nm (N:M pattern) or structured (remove whole Conv output channels)",
-            choices=MODES,
-        ),
-        Option(
-            "sparsity",
-            "float",
-            None,
-            "fraction of weights (of channels when structured) to remove; "
-            "default 0.5, or searched when a min_cosine/min_top1 budget is given",
-        ),
-        Option("nm", "str", "2:4", "N:M pattern for mode=nm: keep N of every M weights along input channels"),
-        Option(
-            "scope",
-            "str",
-            "layer",
-            "unstructured: rank magnitudes per layer or globally over all layers",
-            choices=("layer", "global"),
-        ),
-        Option(
-            "reconstruct",
-            "bool",
-            None,
-            "structured: least-squares reconstruction of the next layers "
-            "on calibration data (default: true when --data is a file)",
-        ),
-        Option(
-            "storage",
-            "str",
-            "sparse",
-            "sparse: store a pruned weight as a sparse tensor where that is "
-            "smaller than dense (only when prune is the last step); dense: keep dense",
-            choices=("sparse", "dense"),
-        ),
-        Option(
-            "criterion",
-            "str",
-            "l1",
-            "structured: channel importance, L1 or L2 norm of the filter, or "
-            "the |gamma| of the BatchNorm after it",
-            choices=("l1", "l2", "bn"),
-        ),
-        Option(
-            "depthwise_sparsity",
-            "float",
-            None,
-            "unstructured: sparsity of depthwise convolutions (default: the same as sparsity)",
-        ),
-        Option("skip_first_last", "bool", True, "spare the first and the last weight layer"),
-        Option(
-            "overrides",
-            "list",
-            [],
-            "per-layer sparsity by name pattern, e.g. conv1*:0.2,fc:0 (0 spares the layer)",
-        ),
-        Option(
-            "sensitivity",
-            "bool",
-            False,
-            "structured: also measure each channel group's sensitivity (output cosine when only it is pruned)",
-        ),
-        Option("epochs", "int", 2, "Keras models: fine-tuning epochs while pruning with tfmot"),
-        Option("batch_size", "int", 32, "Keras models: fine-tuning batch size"),
-        Option(
-            "min_cosine", "float", DEFAULT_MIN_COSINE, "smallest cosine similarity of the outputs allowed"
-        ),
-    ]
 
 
 @dataclass(frozen=True)
@@ -100,74 +28,83 @@ class Override:
 
 @dataclass(frozen=True)
 class PruneSettings:
-    """Parsed options; `sparsity` None means "not given by the user"."""
+    """The prune options; `sparsity` None means "not given by the user" (0.5, or searched for a budget)."""
 
-    mode: str = "unstructured"
-    sparsity: float | None = None
-    nm: tuple[int, int] = (2, 4)
-    scope: str = "layer"
-    reconstruct: bool | None = None
-    storage: str = "sparse"
-    criterion: str = "l1"
-    depthwise_sparsity: float | None = None
-    skip_first_last: bool = True
-    overrides: tuple[Override, ...] = field(default_factory=tuple)
-    sensitivity: bool = False
-    epochs: int = 2
-    batch_size: int = 32
+    mode: Literal["unstructured", "nm", "structured"] = option(
+        "unstructured",
+        "unstructured (magnitude), nm (N:M pattern) or structured (remove whole Conv output channels)",
+    )
+    sparsity: float | None = option(
+        None,
+        "fraction of weights (of channels when structured) to remove; "
+        "default 0.5, or searched when a min_cosine/min_top1 budget is given",
+        minimum=0.0,
+        maximum=MAX_SPARSITY,
+    )
+    nm: str = option("2:4", "N:M pattern for mode=nm: keep N of every M weights along input channels")
+    scope: Literal["layer", "global"] = option(
+        "layer", "unstructured: rank magnitudes per layer or globally over all layers"
+    )
+    reconstruct: bool | None = option(
+        None,
+        "structured: least-squares reconstruction of the next layers "
+        "on calibration data (default: true when --data is a file)",
+    )
+    storage: Literal["sparse", "dense"] = option(
+        "sparse",
+        "sparse: store a pruned weight as a sparse tensor where that is "
+        "smaller than dense (only when prune is the last step); dense: keep dense",
+    )
+    criterion: Literal["l1", "l2", "bn"] = option(
+        "l1",
+        "structured: channel importance, L1 or L2 norm of the filter, or the |gamma| of the BatchNorm after it",
+    )
+    depthwise_sparsity: float | None = option(
+        None,
+        "unstructured: sparsity of depthwise convolutions (default: the same as sparsity)",
+        minimum=0.0,
+        maximum=MAX_SPARSITY,
+    )
+    skip_first_last: bool = option(True, "spare the first and the last weight layer")
+    overrides: list[str] = option(  # noqa: RUF009 (option() gives a list default a default_factory)
+        [], "per-layer sparsity by name pattern, e.g. conv1*:0.2,fc:0 (0 spares the layer)"
+    )
+    sensitivity: bool = option(
+        False,
+        "structured: also measure each channel group's sensitivity (output cosine when only it is pruned)",
+    )
+    epochs: int = option(2, "Keras models: fine-tuning epochs while pruning with tfmot", minimum=1)
+    batch_size: int = option(32, "Keras models: fine-tuning batch size", minimum=1)
+    min_cosine: float = option(DEFAULT_MIN_COSINE, "smallest cosine similarity of the outputs allowed")
 
-    @classmethod
-    def from_options(cls, values: Mapping[str, Any]) -> PruneSettings:
-        mode = values.get("mode") or "unstructured"
-        if mode not in MODES:
-            raise OptionError(f"bad value {mode!r} for prune.mode: expected one of {', '.join(MODES)}")
-        sparsity = values.get("sparsity")
-        if sparsity is not None:
-            check_fraction(sparsity, "prune.sparsity")
-        dw = values.get("depthwise_sparsity")
-        if dw is not None:
-            check_fraction(dw, "prune.depthwise_sparsity")
-        epochs, batch = int(values.get("epochs", 2)), int(values.get("batch_size", 32))
-        if epochs < 1 or batch < 1:
-            raise OptionError("prune.epochs and prune.batch_size must be at least 1")
-        return cls(
-            mode=mode,
-            sparsity=sparsity,
-            nm=parse_nm(values.get("nm") or "2:4"),
-            scope=values.get("scope") or "layer",
-            reconstruct=values.get("reconstruct"),
-            storage=values.get("storage") or "sparse",
-            criterion=values.get("criterion") or "l1",
-            depthwise_sparsity=dw,
-            skip_first_last=bool(values.get("skip_first_last", True)),
-            overrides=parse_overrides(values.get("overrides") or []),
-            sensitivity=bool(values.get("sensitivity", False)),
-            epochs=epochs,
-            batch_size=batch,
-        )
+    def checked(self) -> PruneSettings:
+        """Parse the structured values once, so that a bad one is refused before any work."""
+        parse_nm(self.nm)
+        parse_overrides(self.overrides)
+        return self
+
+    @property
+    def pattern(self) -> tuple[int, int]:
+        """`nm` as (N, M): keep N of every M."""
+        return parse_nm(self.nm)
 
     def override_for(self, names: Iterable[str]) -> float | None:
         """The sparsity of the first override whose pattern matches one of a layer's names."""
         candidates = name_variants(names)
-        for item in self.overrides:
+        for item in parse_overrides(self.overrides):
             if any(fnmatch.fnmatchcase(c, item.pattern) for c in candidates):
                 return item.sparsity
         return None
 
 
-def check_fraction(value: float, where: str) -> None:
-    if not 0.0 <= value < 1.0:
-        raise OptionError(f"{where} must be in [0, 1) (a fraction to remove), got {value:g}")
-
-
 def parse_nm(text: str) -> tuple[int, int]:
     """`2:4` into (2, 4): keep N of every M."""
     match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(text))
-    if not match:
-        raise OptionError(f"bad value {text!r} for prune.nm: write N:M, e.g. 2:4 (keep 2 of every 4 weights)")
-    n, m = int(match.group(1)), int(match.group(2))
+    n, m = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
     if not 0 < n < m:
-        raise OptionError(f"bad value {text!r} for prune.nm: N must be at least 1 and smaller than M")
+        raise OptionError(
+            f"bad value {text!r} for prune.nm: expected N:M with 1 <= N < M, e.g. 2:4 (keep 2 of every 4 weights)"
+        )
     return n, m
 
 
@@ -177,14 +114,14 @@ def parse_overrides(items: Iterable[str]) -> tuple[Override, ...]:
     for item in items:
         pattern, sep, value = str(item).rpartition(":")
         try:
-            if not sep or not pattern:
-                raise ValueError
-            sparsity = float(value)
+            sparsity = float(value) if sep and pattern.strip() else float("nan")
         except ValueError:
+            sparsity = float("nan")
+        if not 0.0 <= sparsity <= MAX_SPARSITY:  # NaN fails too
             raise OptionError(
-                f"bad prune.overrides item {item!r}: write PATTERN:SPARSITY, e.g. conv1*:0.2,fc:0"
-            ) from None
-        check_fraction(sparsity, f"prune.overrides {pattern}")
+                f"bad value {item!r} for prune.overrides: expected PATTERN:SPARSITY items with a sparsity from "
+                f"0 to {MAX_SPARSITY:g}, e.g. conv1*:0.2,fc:0"
+            )
         result.append(Override(pattern.strip(), sparsity))
     return tuple(result)
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from edgeplug.model import restore_model_fields
+from edgeplug.plugin_api import restore_model_fields
 
 from .channels import ChannelGraph, Edit, Layout, constant_values, output_axis
 from .settings import PruneSettings

@@ -6,12 +6,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
-from edgeplug import DataError, Dataset, PluginError, RunContext
-from edgeplug.model import Model
-from edgeplug.runtime import run_all, session
+from edgeplug import DataError, Dataset, Model, PluginError, RunContext
+from edgeplug.plugin_api import run_all, session
 
 from .input_spec import InputSpec, observed_range, parse_ranges
 from .record import SecurityRecord
+from .settings import SecuritySettings
 from .squeeze import Squeezer, classifier_io, threshold_for
 
 CHUNK = 64  # samples per onnxruntime call when the batch dimension is dynamic
@@ -19,13 +19,13 @@ CHUNK = 64  # samples per onnxruntime call when the batch dimension is dynamic
 
 def build_record(model: Model, ctx: RunContext) -> SecurityRecord:
     """Input spec from the model, ranges from the user or the calibration data, and a squeezing threshold."""
-    opts = ctx.options
+    settings: SecuritySettings = ctx.settings
     names = [s.name for s in model.inputs]
-    user = parse_ranges(opts.get("input_range") or [], names)
+    user = parse_ranges(settings.input_range, names)
     real = ctx.data.source == "file"
     if real:
         require_finite(ctx.data.calibration)
-    margin = float(opts["range_margin"])
+    margin = settings.range_margin
     specs: dict[str, InputSpec] = {}
     for tensor in model.inputs:
         spec = InputSpec.from_tensor(tensor)
@@ -70,11 +70,9 @@ def calibrate_squeezer(
         return None
     name, output, layout = found
     low, high = user.get(name) or observed_range(ctx.data.calibration, name, 0.0)
-    opts = ctx.options
-    fpr = float(opts["squeeze_fpr"])
-    squeezer = Squeezer(
-        name, output, layout, low, high, int(opts["squeeze_bits"]), int(opts["squeeze_median"])
-    )
+    settings: SecuritySettings = ctx.settings
+    fpr = settings.squeeze_fpr
+    squeezer = Squeezer(name, output, layout, low, high, settings.squeeze_bits, settings.squeeze_median)
     run = batch_runner(model, ctx.threads)
     batches = chunks(ctx.data.calibration, model)
     originals = [run(chunk)[output] for chunk in batches]
@@ -132,7 +130,7 @@ def keep_harmless(
             )
         )
         ctx.record(f"squeeze_{field}_top1_agreement", round(float(agree), 4))
-        if agree < float(ctx.options["squeeze_min_agreement"]):
+        if agree < ctx.settings.squeeze_min_agreement:
             kept[field] = 0
             ctx.log(
                 f"feature squeezing: dropping the {field}={value} squeezer: it changes the top-1 class of "

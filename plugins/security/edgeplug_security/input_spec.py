@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 from edgeplug import GuardRefusal, OptionError
-from edgeplug.model import TensorSpec
+from edgeplug.plugin_api import TensorSpec
 
 
 @dataclass(frozen=True)

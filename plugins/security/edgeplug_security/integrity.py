@@ -18,7 +18,7 @@ from pathlib import Path
 
 import onnx
 from edgeplug import Artifact, GuardRefusal, ModelError
-from edgeplug.run_record import RunRecord, sidecar_path
+from edgeplug.plugin_api import RunRecord, sidecar_path
 
 ExternalHashes = tuple[tuple[str, str], ...]  # (path relative to the model's folder, sha256), sorted
 StatKey = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns

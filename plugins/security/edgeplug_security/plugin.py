@@ -4,11 +4,8 @@ and a memory limit, adversarial-input detection, and output filtering (abstentio
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Generator
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 from edgeplug import (
@@ -16,120 +13,33 @@ from edgeplug import (
     InferenceRequest,
     InferenceResult,
     Model,
-    Option,
     OptionError,
     RunContext,
     hookimpl,
 )
-from edgeplug.context import Runner
+from edgeplug.plugin_api import Runner
 
 from . import inprocess, integrity, isolation
 from .calibration import build_record
 from .input_spec import InputSpec, check_inputs, parse_ranges
 from .output_filter import abstention, classifier_output, confidence
 from .record import SecurityRecord, read_record
+from .settings import NAME, SecuritySettings
 from .squeeze import Squeezer
-
-NAME = "security"
-OPTIONS = [
-    # recorded during `edgeplug run`
-    Option(
-        "range_margin",
-        "float",
-        0.05,
-        "widen the value range observed on the calibration data by this fraction of its span on each side",
-    ),
-    Option(
-        "input_range",
-        "list",
-        [],
-        "allowed input values: LOW,HIGH for every input, or NAME:LOW:HIGH items "
-        "(at run time: recorded instead of the observed range; at inference: overrides the record)",
-    ),
-    Option(
-        "squeeze_fpr",
-        "float",
-        0.05,
-        "false-positive rate the feature-squeezing threshold is calibrated to "
-        "on the clean calibration images",
-    ),
-    Option("squeeze_bits", "int", 3, "bit depth of the bit-depth-reduction squeezer (0 disables it)"),
-    Option("squeeze_median", "int", 2, "window side of the median-smoothing squeezer (0 or 1 disables it)"),
-    Option(
-        "squeeze_min_agreement",
-        "float",
-        0.95,
-        "drop a squeezer that keeps the top-1 class of fewer than "
-        "this fraction of the clean calibration images (0 keeps every squeezer)",
-    ),
-    # guarded inference
-    Option(
-        "require_hash",
-        "bool",
-        True,
-        "refuse a model without a <stem>.edgeplug.json sidecar recording its "
-        "sha256 (a sidecar, when present, is always checked)",
-    ),
-    Option(
-        "sha256",
-        "str",
-        None,
-        "sha256 pinned out of band: of the model's run record <stem>.edgeplug.json when it has one (one pin "
-        "covers the model, its external data and its compiled artifact), else of the .onnx file itself; "
-        "satisfies require_hash",
-    ),
-    Option("check_inputs", "bool", True, "check dtype, shape, NaN/Inf and value range of every input"),
-    Option(
-        "isolate",
-        "bool",
-        True,
-        "run the model in a separate worker process with timeout_s and memory_mb (false: in this process, "
-        "still from the verified bytes)",
-    ),
-    Option(
-        "timeout_s",
-        "float",
-        None,
-        f"wall-clock limit of one call into the isolated worker, starting it and loading the model included "
-        f"when the call needs a fresh one; past it the worker is killed (default {isolation.TIMEOUT_S:g}; "
-        "refused with isolate=false)",
-    ),
-    Option(
-        "memory_mb",
-        "int",
-        None,
-        f"address-space limit (RLIMIT_AS) of the isolated worker in MiB, runtime included (default "
-        f"{isolation.MEMORY_MB}; 0: no limit; refused with isolate=false)",
-    ),
-    Option(
-        "squeeze",
-        "bool",
-        False,
-        "flag adversarial images by feature squeezing (one extra inference per recorded squeezer)",
-    ),
-    Option("squeeze_threshold", "float", None, "override the recorded feature-squeezing threshold"),
-    Option(
-        "on_adversarial",
-        "str",
-        "flag",
-        "what a flagged input gets: a flag, an abstention, or a refusal",
-        choices=("flag", "abstain", "refuse"),
-    ),
-    Option("min_confidence", "float", 0.0, "abstain when the top-1 probability is below this (0: off)"),
-    Option("deny_labels", "list", [], "abstain when the top-1 label is one of these class indices"),
-]
 
 
 @hookimpl
-def plugin_options() -> list[Option]:
-    return OPTIONS
+def plugin_options() -> type[SecuritySettings]:
+    return SecuritySettings
 
 
 @hookimpl
 def pre_optimize(model: Model, ctx: RunContext) -> None:
-    """Check the option values before the core's reference pass and any earlier step do any work."""
-    check_options(ctx.options)
-    parse_ranges(ctx.options.get("input_range") or [], [s.name for s in model.inputs])
+    """Check what the core's option parsing cannot (ranges against the model's inputs, the pin's form, worker
+    limits without a worker) before the core's reference pass and any earlier step do any work."""
+    settings: SecuritySettings = ctx.settings
+    settings.checked()
+    parse_ranges(settings.input_range, [s.name for s in model.inputs])
 
 
 @hookimpl
@@ -137,10 +47,9 @@ def transform_graph(model: Model, ctx: RunContext) -> Model:
     """Write the input spec and the squeezing threshold into metadata_props (the graph is untouched)."""
     if ctx.following:
         ctx.log(
-            f"warning: {', '.join(ctx.following)} run after security; put security last so the record "
-            "describes the final model"
+            "warning: later steps of the chain change the model after its input spec is recorded; put "
+            "security last so the record describes the final model"
         )
-    check_options(ctx.options)
     record = build_record(model, ctx)
     proto = model.copy_proto()
     record.write(proto)
@@ -153,28 +62,28 @@ def transform_graph(model: Model, ctx: RunContext) -> Model:
 def guard_inference(request: InferenceRequest) -> Generator[None, InferenceResult, InferenceResult]:
     """Integrity, input checks and the isolated (or verified in-process) runner; then squeezing and
     output filtering on the result."""
-    opts = options_of(request)
-    verified = integrity.verify_model(request.model_path, bool(opts["require_hash"]), opts["sha256"])
+    opts = SecuritySettings.of(request.options.get(NAME)).checked()
+    verified = integrity.verify_model(request.model_path, opts.require_hash, opts.sha256)
     if request.artifact is not None:  # the core's private copy, byte for byte what the pinned record lists
         integrity.check_artifact(request.model_path, verified, request.artifact)
     model = request.model if request.model is not None else Model.load(request.model_path)
     record = read_record(model)
-    if opts["check_inputs"]:
+    if opts.check_inputs:
         specs = _specs(record, opts)
         check_inputs(
             request.inputs, specs, batch_free=any(s.shape and s.shape[0] == 1 for s in specs.values())
         )
-    squeezer = _squeezer(record, opts) if opts["squeeze"] else None
+    squeezer = _squeezer(record, opts) if opts.squeeze else None
     min_confidence, deny = _filters(model, opts)
     request.run = _runner(request, verified, opts)
 
     result = yield
 
     reasons = [result.reason] if result.abstained and result.reason else []
-    if verified.recorded or opts["sha256"]:
+    if verified.recorded or opts.sha256:
         result.flags["model_sha256"] = verified.sha256
     if squeezer is not None:
-        reasons += _squeeze(request, result, squeezer, opts["on_adversarial"])
+        reasons += _squeeze(request, result, squeezer, opts.on_adversarial)
     name = classifier_output(result.outputs)
     if name is not None and (min_confidence > 0 or deny):
         labels, scores = confidence(result.outputs[name])
@@ -188,28 +97,28 @@ def guard_inference(request: InferenceRequest) -> Generator[None, InferenceResul
     return result
 
 
-def _specs(record: SecurityRecord, opts: dict[str, Any]) -> dict[str, InputSpec]:
+def _specs(record: SecurityRecord, opts: SecuritySettings) -> dict[str, InputSpec]:
     """The recorded input specs, with the ranges given at inference (`input_range`) taking precedence."""
     specs = dict(record.inputs)
-    for name, (low, high) in parse_ranges(opts["input_range"] or [], list(specs)).items():
+    for name, (low, high) in parse_ranges(opts.input_range, list(specs)).items():
         specs[name] = specs[name].with_range(low, high, "security.input_range")
     return specs
 
 
-def _runner(request: InferenceRequest, verified: integrity.Verified, opts: dict[str, Any]) -> Runner:
+def _runner(request: InferenceRequest, verified: integrity.Verified, opts: SecuritySettings) -> Runner:
     """The model runs from the verified bytes: in the isolated worker, or in a session of this process, with
     the caller's thread count (`edgeplug infer --threads`, `edgeplug.infer(threads=...)`)."""
     threads = max(int(request.threads), 1)
     if request.artifact is not None:  # `edgeplug infer --artifact`: the core's run is the artifact's runner
-        if opts["isolate"]:
+        if opts.isolate:
             raise OptionError(
                 "security: the isolated worker runs .onnx models only; to guard a compiled artifact "
                 "(--artifact) pass -o security.isolate=false"
             )
         return request.run
-    if opts["isolate"]:
-        memory_mb = isolation.MEMORY_MB if opts["memory_mb"] is None else opts["memory_mb"]
-        timeout_s = isolation.TIMEOUT_S if opts["timeout_s"] is None else opts["timeout_s"]
+    if opts.isolate:
+        memory_mb = isolation.MEMORY_MB if opts.memory_mb is None else opts.memory_mb
+        timeout_s = isolation.TIMEOUT_S if opts.timeout_s is None else opts.timeout_s
         key = isolation.model_key(
             request.model_path,
             verified.sha256,
@@ -244,71 +153,19 @@ def _squeeze(
     return [why]
 
 
-def _filters(model: Model, opts: dict[str, Any]) -> tuple[float, list[int]]:
+def _filters(model: Model, opts: SecuritySettings) -> tuple[float, list[int]]:
     """min_confidence and deny_labels, checked before anything runs: they need a class-score output."""
-    min_confidence = float(opts["min_confidence"])
-    try:
-        deny = [int(i) for i in opts["deny_labels"] or []]
-    except ValueError:
-        raise OptionError(
-            f"security.deny_labels must be class indices, got {','.join(opts['deny_labels'])!r}"
-        ) from None
+    deny = opts.denied_labels()
     scores = [o for o in model.outputs if o.dtype.kind == "f" and len(o.shape) == 2 and o.shape[1] != 1]
-    if (min_confidence > 0 or deny) and not scores:
+    if (opts.min_confidence > 0 or deny) and not scores:
         raise OptionError(
             "security.min_confidence and security.deny_labels need a classifier output "
             "([N, C] floats); this model has none"
         )
-    return min_confidence, deny
+    return opts.min_confidence, deny
 
 
-def options_of(request: InferenceRequest) -> dict[str, Any]:
-    """This plugin's parsed options from the request, defaults filled in (for direct pluggy calls)."""
-    given = request.options.get(NAME) or {}
-    return check_options({opt.name: given.get(opt.name, opt.default) for opt in OPTIONS})
-
-
-BOUNDS = {  # option: (lowest, highest, inclusive lowest)
-    "range_margin": (0.0, None, True),
-    "squeeze_fpr": (0.0, 1.0, False),
-    "squeeze_bits": (0, 16, True),
-    "squeeze_median": (0, 15, True),
-    "squeeze_min_agreement": (0.0, 1.0, True),
-    "timeout_s": (0.0, 604800.0, False),  # a week: beyond, the wait no longer fits the clock calls
-    "memory_mb": (0, None, True),
-    "squeeze_threshold": (0.0, None, True),
-    "min_confidence": (0.0, 1.0, True),
-}
-
-
-def check_options(opts: dict[str, Any]) -> dict[str, Any]:
-    """Refuse values outside their meaningful range, a malformed pin, and the worker's limits where no
-    worker runs, with an OptionError naming the option."""
-    for name, (low, high, inclusive) in BOUNDS.items():
-        value = opts.get(name)
-        if value is None:
-            continue
-        if isinstance(value, float) and not math.isfinite(value):
-            raise OptionError(f"bad value {value!r} for {NAME}.{name}: expected a finite number")
-        too_low = value < low if inclusive else value <= low
-        if too_low or (high is not None and value > high):
-            above = f"{'at least' if inclusive else 'above'} {low}"
-            limit = f"{above} and at most {high}" if high is not None else above
-            raise OptionError(f"bad value {value!r} for {NAME}.{name}: expected a number {limit}")
-    pin = opts.get("sha256")
-    if pin is not None and not re.fullmatch(r"[0-9a-f]{64}", str(pin).strip().lower()):
-        raise OptionError(f"bad value {pin!r} for {NAME}.sha256: expected a sha256 (64 hex digits)")
-    if opts.get("isolate") is False:
-        for name in ("timeout_s", "memory_mb"):
-            if opts.get(name) is not None:
-                raise OptionError(
-                    f"{NAME}.{name} limits the isolated worker, and {NAME}.isolate=false runs the model in "
-                    f"this process, where nothing enforces it: drop {NAME}.{name} or set {NAME}.isolate=true"
-                )
-    return opts
-
-
-def _squeezer(record: SecurityRecord, opts: dict[str, Any]) -> Squeezer:
+def _squeezer(record: SecurityRecord, opts: SecuritySettings) -> Squeezer:
     """The recorded squeezer (threshold overridable), or an OptionError saying how to record one."""
     squeezer = record.squeezer
     if squeezer is None:
@@ -316,8 +173,8 @@ def _squeezer(record: SecurityRecord, opts: dict[str, Any]) -> Squeezer:
             "security.squeeze needs a model recorded by `edgeplug run MODEL --plugins security "
             "--data IMAGES.npz` (an image classifier with a calibrated threshold)"
         )
-    if opts["squeeze_threshold"] is not None:
-        squeezer = replace(squeezer, threshold=float(opts["squeeze_threshold"]))
+    if opts.squeeze_threshold is not None:
+        squeezer = replace(squeezer, threshold=float(opts.squeeze_threshold))
     if squeezer.threshold is None:
         raise OptionError(
             "security.squeeze: the model's record has no calibrated threshold; rerun "

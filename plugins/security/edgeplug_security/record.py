@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import onnx
-from edgeplug import GuardRefusal, PluginError
-from edgeplug.model import Model, get_metadata, set_metadata
+from edgeplug import GuardRefusal, Model, PluginError
+from edgeplug.plugin_api import get_metadata, set_metadata
 
 from .input_spec import InputSpec
 from .squeeze import Squeezer

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from edgeplug.model import TensorSpec
+from edgeplug.plugin_api import TensorSpec
 
 Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 

@@ -12,14 +12,12 @@ from edgeplug import (
     Capabilities,
     MissingDependencyError,
     Model,
-    Option,
-    OptionError,
     PluginError,
     RunContext,
     Tolerance,
     hookimpl,
 )
-from edgeplug.capabilities import (
+from edgeplug.plugin_api import (
     CONTRIB,
     DYNAMIC_INT8,
     FORMS,
@@ -27,8 +25,8 @@ from edgeplug.capabilities import (
     INT8_QDQ_ONLY,
     QDQ_INT8,
     SYMMETRIC_INT8,
+    write_json,
 )
-from edgeplug.report import write_json
 
 from . import availability
 from .engine_build import BuildFailure, BuildSettings, build_engine
@@ -36,9 +34,9 @@ from .operators import TABLE_TENSORRT_VERSION
 from .preparation import prepare
 from .profiles import Profile, build_profile, check_shape_options
 from .qdq import qdq_summary, require_int8_qdq
+from .settings import TrtSettings
 
 ENGINE_KIND = "tensorrt-engine"
-PRECISIONS = ("fp32", "fp16", "int8")
 # How close an engine must stay to the ONNX model it was built from, unless the user sets a tolerance:
 # FP32 kernels sum in another order than onnxruntime; FP16 and INT8 lose precision by design.
 ENGINE_TOLERANCE = {
@@ -60,55 +58,18 @@ def plugin_capabilities(options: dict[str, Any]) -> Capabilities:
 
 
 @hookimpl
-def plugin_options() -> list[Option]:
-    return [
-        Option(
-            "precision",
-            "str",
-            "fp32",
-            "engine precision; int8 needs a symmetric s8 Q/DQ model (quant before trt)",
-            choices=PRECISIONS,
-        ),
-        Option(
-            "min_shapes", "list", None, "optimization profile minimum shapes, NAME:1x3x224x224[,NAME2:...]"
-        ),
-        Option(
-            "opt_shapes", "list", None, "optimization profile shapes TensorRT tunes for, NAME:1x3x224x224"
-        ),
-        Option("max_shapes", "list", None, "optimization profile maximum shapes, NAME:8x3x224x224"),
-        Option("max_batch", "int", 8, "largest batch of the derived profile when the batch axis is dynamic"),
-        Option("workspace_mb", "int", 1024, "builder workspace memory pool limit in MiB"),
-        Option(
-            "timing_cache",
-            "path",
-            None,
-            "timing cache file, reused across builds (default: the output folder)",
-        ),
-        Option("fold_constants", "bool", True, "fold constant subgraphs before building (Q/DQ nodes kept)"),
-        Option("tf32", "bool", False, "let FP32 layers use TF32 tensor cores (off: FP32 stays FP32)"),
-        Option(
-            "optimization_level",
-            "int",
-            3,
-            "builder optimization level 0..5 (higher: slower build, faster engine)",
-        ),
-    ]
-
-
-def _check_options(options: dict[str, Any]) -> None:
-    if options["workspace_mb"] < 1:
-        raise OptionError(f"trt: workspace_mb must be at least 1, got {options['workspace_mb']}")
-    if not 0 <= options["optimization_level"] <= 5:
-        raise OptionError(f"trt: optimization_level must be within 0..5, got {options['optimization_level']}")
+def plugin_options() -> type[TrtSettings]:
+    return TrtSettings
 
 
 @hookimpl
 def pre_optimize(model: Model, ctx: RunContext) -> None:
-    """Check every option value (and the min/opt/max shapes against the model's inputs) before the core's
-    reference pass and any earlier step run; refuse a float model asked for int8 unless an earlier step produces int8 Q/DQ."""
-    _check_options(ctx.options)
-    check_shape_options(model.inputs, ctx.options)
-    if ctx.options["precision"] != "int8":
+    """Check the min/opt/max shapes against the model's inputs (the core has checked every value's type and
+    bounds) before the core's reference pass and any earlier step run; refuse a float model asked for int8
+    unless an earlier step produces int8 Q/DQ."""
+    settings: TrtSettings = ctx.settings
+    check_shape_options(model.inputs, settings)
+    if settings.precision != "int8":
         return
     if QDQ_INT8 not in ctx.upstream:  # no earlier step produces int8 Q/DQ: the model must hold it now
         require_int8_qdq(model.proto, int32_biases_folded_later=True)
@@ -133,13 +94,13 @@ def _check_precision(model: Model, precision: str) -> dict[str, Any]:
 @hookimpl
 def transform_graph(model: Model, ctx: RunContext) -> Model | None:
     """The preparation: fold constants, narrow int64 initializers, check every operator, derive the profile."""
-    _check_options(ctx.options)
-    prep = prepare(model, fold=ctx.options["fold_constants"])
+    settings: TrtSettings = ctx.settings
+    prep = prepare(model, fold=settings.fold_constants)
     ctx.record("constant_folding", prep.folding)
     ctx.record("int64", prep.int64)
     ctx.record("operators", prep.operators)
-    ctx.record("quantization", _check_precision(prep.model, ctx.options["precision"]))
-    ctx.record("profile", build_profile(prep.model.inputs, ctx.options, _sample(ctx)).as_dict())
+    ctx.record("quantization", _check_precision(prep.model, settings.precision))
+    ctx.record("profile", build_profile(prep.model.inputs, settings, _sample(ctx)).as_dict())
     ops = prep.operators
     folding = prep.folding
     ctx.log(
@@ -182,23 +143,22 @@ def _engine_tolerance(ctx: RunContext, precision: str) -> Tolerance:
 @hookimpl
 def compile(model: Model, ctx: RunContext) -> Artifact | None:
     """Build the engine. Checks run first (operators, Q/DQ, profile), then the TensorRT/GPU requirement."""
-    options = ctx.options
-    _check_options(options)
+    options: TrtSettings = ctx.settings
     from .operators import check_operators
 
     operators = check_operators(model.proto)
     refuse_unsupported(operators)
-    precision = options["precision"]
+    precision = options.precision
     _check_precision(model, precision)
     profile: Profile = build_profile(model.inputs, options, _sample(ctx))
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     settings = BuildSettings(
         precision=precision,
-        workspace_mb=options["workspace_mb"],
+        workspace_mb=options.workspace_mb,
         profile=profile,
-        timing_cache=Path(options["timing_cache"] or ctx.workdir / "trt-timing.cache"),
-        tf32=options["tf32"],
-        optimization_level=options["optimization_level"],
+        timing_cache=Path(options.timing_cache or ctx.workdir / "trt-timing.cache"),
+        tf32=options.tf32,
+        optimization_level=options.optimization_level,
     )
     ctx.record("build_settings", settings.as_dict())
     problem = availability.missing()

@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 from edgeplug import OptionError, PluginError
-from edgeplug.model import TensorSpec
-from edgeplug.pipeline import parse_input_shapes
+from edgeplug.plugin_api import TensorSpec
+
+from .settings import TrtSettings
 
 Shape = tuple[int, ...]
 
@@ -40,38 +41,39 @@ class Profile:
 
 def parse_shapes(items: Sequence[str] | None, option: str) -> dict[str, Shape]:
     """`["input:1x3x224x224", "mask:1x128"]` into {name: dims}; OptionError naming trt.<option> otherwise.
-
-    Each item is parsed by the core's `--input-shapes` parser; the messages name the trt option."""
+    The name is everything before the last colon (input names may hold colons), as for `--input-shapes`."""
     shapes: dict[str, Shape] = {}
     for item in items or []:
+        name, sep, dims = str(item).rpartition(":")
+        name = name.strip()
         try:
-            ((name, dims),) = parse_input_shapes(str(item)).items()
-        except (OptionError, ValueError):  # ValueError: an empty item gives no entry
-            name, dims = "", []
-        if not name:
-            raise OptionError(f"bad trt.{option} item {item!r}: write NAME:1x3x224x224 (comma-separated)")
-        shape = tuple(dims)
+            shape = tuple(int(d) for d in dims.lower().split("x")) if sep and name else ()
+        except ValueError:
+            shape = ()
+        if not shape:
+            raise OptionError(
+                f"bad value {item!r} for trt.{option}: expected NAME:1x3x224x224 items, comma-separated"
+            )
         if any(d < 1 for d in shape):
-            raise OptionError(f"bad trt.{option} item {item!r}: every dimension must be at least 1")
+            raise OptionError(f"bad value {item!r} for trt.{option}: expected dimensions of at least 1")
         if name in shapes:
             raise OptionError(f"trt.{option} gives input {name!r} twice")
         shapes[name] = shape
     return shapes
 
 
-def check_shape_options(inputs: Sequence[TensorSpec], options: Mapping[str, Any]) -> None:
+def check_shape_options(inputs: Sequence[TensorSpec], settings: TrtSettings) -> None:
     """The option half of `build_profile`, for pre_optimize: parse min/opt/max shapes and check them
-    against the model's inputs (names, rank, fixed dimensions, min <= opt <= max) and max_batch."""
-    given = _given(inputs, options)
+    against the model's inputs (names, rank, fixed dimensions, min <= opt <= max)."""
+    given = _given(inputs, settings)
     named = set().union(*given.values())
     for spec in inputs:
         if spec.name in named:
             _user_triplet(spec.name, spec, given)
-    _max_batch(options)
 
 
-def _given(inputs: Sequence[TensorSpec], options: Mapping[str, Any]) -> dict[str, dict[str, Shape]]:
-    given = {k: parse_shapes(options.get(k), k) for k in ("min_shapes", "opt_shapes", "max_shapes")}
+def _given(inputs: Sequence[TensorSpec], settings: TrtSettings) -> dict[str, dict[str, Shape]]:
+    given = {k: parse_shapes(getattr(settings, k), k) for k in ("min_shapes", "opt_shapes", "max_shapes")}
     names = [s.name for s in inputs]
     for option, shapes in given.items():
         for name in shapes:
@@ -80,13 +82,6 @@ def _given(inputs: Sequence[TensorSpec], options: Mapping[str, Any]) -> dict[str
                     f"trt.{option} names {name!r}, but the model's inputs are {', '.join(names)}"
                 )
     return given
-
-
-def _max_batch(options: Mapping[str, Any]) -> int:
-    max_batch = int(options.get("max_batch", 8))
-    if max_batch < 1:
-        raise OptionError(f"bad value {max_batch} for trt.max_batch: expected an integer of at least 1")
-    return max_batch
 
 
 def _user_triplet(
@@ -151,13 +146,12 @@ def _derived_triplet(
 
 def build_profile(
     inputs: Sequence[TensorSpec],
-    options: Mapping[str, Any],
+    settings: TrtSettings,
     sample: Mapping[str, np.ndarray] | None = None,
 ) -> Profile:
     """The profile from the user's min/opt/max options, else derived from the dynamic dimensions:
     dynamic batch (axis 0) -> min 1, opt 1, max `max_batch`; other dynamic axes -> the sample's size."""
-    given = _given(inputs, options)
-    max_batch = _max_batch(options)
+    given = _given(inputs, settings)
     named = set().union(*given.values())
     shapes: dict[str, tuple[Shape, Shape, Shape]] = {}
     sources: dict[str, str] = {}
@@ -166,7 +160,7 @@ def build_profile(
             shapes[spec.name] = _user_triplet(spec.name, spec, given)
             sources[spec.name] = "options"
         else:
-            shapes[spec.name], sources[spec.name] = _derived_triplet(spec, max_batch, sample)
+            shapes[spec.name], sources[spec.name] = _derived_triplet(spec, settings.max_batch, sample)
     profile = Profile(shapes, any(s.is_dynamic for s in inputs), sources)
     if sample is not None:
         check_covers(profile, sample)

@@ -1,5 +1,6 @@
 """Checks of a Q/DQ (explicitly quantized) model against what TensorRT's INT8 path accepts:
-signed int8, symmetric (every zero point 0), as the quant plugin emits when trt follows it."""
+signed int8, symmetric (every zero point 0): what a quantizing step emits for a target that declares
+symmetric-int8 (capabilities.py)."""
 
 from __future__ import annotations
 
@@ -121,12 +122,14 @@ def require_int8_qdq(proto: onnx.ModelProto, int32_biases_folded_later: bool = F
     if not summary["quantize_nodes"] and not summary["dequantize_nodes"]:
         raise PluginError(
             "trt: precision=int8 needs a Q/DQ model (explicit quantization; implicit calibration is deprecated "
-            "since TensorRT 10.1): run quant before trt, e.g. --plugins quant,trt -o quant.mode=static"
+            "since TensorRT 10.1): give a Q/DQ model, or put a step that produces int8 Q/DQ "
+            "(QuantizeLinear/DequantizeLinear) before trt"
         )
     if summary["not_int8"]:
         raise PluginError(
             f"trt: TensorRT's INT8 path needs signed int8 Q/DQ, but {_few(summary['not_int8'])} use another type; "
-            "quantize symmetrically to s8 (quant does when trt follows it)"
+            "quantize symmetrically to s8 (trt declares a symmetric-int8 target, so a quantizing step before "
+            "it in the chain emits that)"
         )
     if summary["int32_biases"] and not int32_biases_folded_later:
         raise PluginError(
@@ -137,7 +140,8 @@ def require_int8_qdq(proto: onnx.ModelProto, int32_biases_folded_later: bool = F
     if summary["nonzero_zero_points"]:
         raise PluginError(
             f"trt: TensorRT needs symmetric quantization (zero points 0), but {_few(summary['nonzero_zero_points'])} "
-            "have non-zero zero points; quantize symmetrically (quant does when trt follows it)"
+            "have non-zero zero points; quantize symmetrically (trt declares a symmetric-int8 target, so a "
+            "quantizing step before it in the chain emits that)"
         )
     return summary
 
