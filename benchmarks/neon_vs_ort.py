@@ -66,7 +66,7 @@ def compile_model(name: str, workdir: Path) -> tuple[Path, Path, dict]:
     final = workdir / name / "final.onnx"
     result.model.save(final)
     lib = next(f for f in result.artifact.files if f.name == "libedgeplug_model_host.so")
-    verification = result.report["compile"]["details"]["verification"]["host"]["metrics"]
+    verification = result.report["compile"]["verification"]["vs_final_model"]
     return (
         final,
         lib,

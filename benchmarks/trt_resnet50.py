@@ -93,6 +93,7 @@ def main() -> int:
     from edgeplug_trt.engine_runner import EngineRunner
     from edgeplug_trt.preparation import prepare
     from edgeplug_trt.profiles import build_profile
+    from edgeplug_trt.settings import TrtSettings
 
     from tests import zoo
 
@@ -113,7 +114,7 @@ def main() -> int:
             settings = BuildSettings(
                 precision,
                 args.workspace_mb,
-                build_profile(prep.model.inputs, {}, feed),
+                build_profile(prep.model.inputs, TrtSettings(), feed),
                 work / "timing.cache",
             )
             built = build_engine(onnx_path, settings, work / f"{precision}.engine")

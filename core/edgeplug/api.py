@@ -204,7 +204,7 @@ def check_run_settings(
     if settings.calibration_data is not None:
         settings.calibration_data = os.fspath(settings.calibration_data)
     if isinstance(settings.input_shapes, str):
-        from .pipeline import parse_input_shapes
+        from .options import parse_input_shapes
 
         settings.input_shapes = parse_input_shapes(settings.input_shapes)
     if not isinstance(settings.input_shapes, Mapping):

@@ -187,8 +187,8 @@ def run(
 ) -> None:
     """Optimize MODEL with the plugins in order, verifying every step."""
     from .api import CORE_OPTIONS, check_run_settings, check_selected, claim_output
-    from .options import parse_budgets
-    from .pipeline import Pipeline, RunSettings, parse_input_shapes
+    from .options import parse_budgets, parse_input_shapes
+    from .pipeline import Pipeline, RunSettings
 
     given = _options(opts)
     check_selected(given, [*_plugin_list(plugin_names), CORE_OPTIONS], "--plugins")

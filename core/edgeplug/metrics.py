@@ -102,14 +102,23 @@ def is_numeric(array: Any) -> bool:
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity; equal infinities (attention masks) agree and count as zero, any other
+    non-finite value makes it NaN (which fails every budget)."""
     a = np.asarray(a, np.float64).ravel()
     b = np.asarray(b, np.float64).ravel()
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na == 0 and nb == 0:
-        return 1.0
-    if na == 0 or nb == 0:
-        return 0.0
-    return float(np.dot(a, b) / (na * nb))
+    odd = ~(np.isfinite(a) & np.isfinite(b))
+    if odd.any():
+        same = odd & (a == b)
+        if (odd & ~same).any():
+            return float("nan")
+        a, b = np.where(same, 0.0, a), np.where(same, 0.0, b)
+    with np.errstate(over="ignore", invalid="ignore"):
+        na, nb = np.linalg.norm(a), np.linalg.norm(b)
+        if na == 0 and nb == 0:
+            return 1.0
+        if na == 0 or nb == 0:
+            return 0.0
+        return float(np.dot(a, b) / (na * nb))
 
 
 def per_sample(array: Any, samples: int) -> list[np.ndarray]:

@@ -246,6 +246,22 @@ def suggest(name: str, known: Iterable[str]) -> str:
     return f"known: {', '.join(known) or 'none'}"
 
 
+def parse_input_shapes(text: str | None) -> dict[str, list[int]]:
+    """`input:1x3x224x224,mask:1x128` (--input-shapes, trt's profile shapes) into {name: dims}."""
+    shapes: dict[str, list[int]] = {}
+    if not text:
+        return shapes
+    for item in text.split(","):
+        name, sep, dims = item.rpartition(":")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shapes[name.strip()] = [int(d) for d in dims.lower().split("x")]
+        except ValueError:
+            raise OptionError(f"bad --input-shapes item {item!r}: write NAME:1x3x224x224") from None
+    return shapes
+
+
 def parse_assignments(pairs: Iterable[str]) -> dict[str, dict[str, str]]:
     """`quant.mode=static` strings into {plugin: {key: raw value}}."""
     result: dict[str, dict[str, str]] = {}

@@ -64,22 +64,6 @@ class RunResult:
     artifact: Artifact | None = None
 
 
-def parse_input_shapes(text: str | None) -> dict[str, list[int]]:
-    """`input:1x3x224x224,mask:1x128` into {name: dims}."""
-    shapes: dict[str, list[int]] = {}
-    if not text:
-        return shapes
-    for item in text.split(","):
-        name, sep, dims = item.rpartition(":")
-        try:
-            if not sep or not name:
-                raise ValueError
-            shapes[name.strip()] = [int(d) for d in dims.lower().split("x")]
-        except ValueError:
-            raise OptionError(f"bad --input-shapes item {item!r}: write NAME:1x3x224x224") from None
-    return shapes
-
-
 def merged_options(settings: RunSettings) -> dict[str, dict[str, Any]]:
     """Config-file tables overlaid by the explicit options (the command line wins)."""
     given: dict[str, dict[str, Any]] = {}
@@ -121,7 +105,7 @@ class Pipeline:
         for name in self.chain:
             declared = plugins.settings_class(self.pm, name)
             if declared is not None:
-                self.settings_of[name] = settings_instance(declared, self.options[name])
+                self.settings_of[name] = settings_instance(declared, values[name])  # tolerance keys too
         self.capabilities: dict[str, Capabilities] = plugins.chain_capabilities(
             self.pm, self.chain, self.options
         )
@@ -493,7 +477,7 @@ class Pipeline:
         if not new.history or new.history[-1] != name:
             new = new.replace(new.proto, name)
         try:
-            new.check()
+            new.check(weights=False)  # onnxruntime reads the weights right after
         except ModelError as exc:
             entry.update(status="failed", error=f"the transformed model is invalid: {exc}")
             return entry, None, None
@@ -542,6 +526,7 @@ class Pipeline:
         name = self.compiler
         self.log(f"[{name}] compile")
         ctx = self.ctx(name)
+        ctx.previous = final_out  # the final model's outputs: a compile plugin reuses them
         section: dict[str, Any] = {"plugin": name, "status": "running"}
         self.report["compile"] = section
         try:

@@ -1,8 +1,8 @@
 """The published plugin API: everything a plugin may import from edgeplug, in one module.
 
 A plugin imports from `edgeplug` (the user API) or from `edgeplug.plugin_api`; every other module of the
-core is private and may change without notice (tests/core/test_plugin_api.py fails on a plugin that imports
-one). The plugin guide in the README walks through these names.
+core is private and may change without notice (tests/core/test_plugin_contract.py fails on a plugin that
+imports one). The plugin guide in the README walks through these names.
 
 Hooks: `hookimpl` marks implementations of the specs in edgeplug.hookspecs (plugin_options,
 plugin_capabilities, load_model, pre_optimize, transform_graph, compile, make_runner, guard_inference).
@@ -41,10 +41,11 @@ from .errors import (
 from .hookspecs import hookimpl
 from .metrics import MetricSpec, MetricValue, Ragged, is_logits, load_function
 from .model import Model, TensorSpec, get_metadata, restore_model_fields, set_metadata
-from .options import Option, option, parse_duration
+from .options import Option, option, parse_duration, parse_input_shapes
 from .report import write_json
 from .run_record import RunRecord, sidecar_path
 from .runtime import run_all, run_each, session
+from .structure_check import structure_problem
 from .tolerance import Tolerance
 from .verify import (
     Verdict,
@@ -108,6 +109,7 @@ __all__ = [
     "option",
     "outputs_of",
     "parse_duration",
+    "parse_input_shapes",
     "restore_model_fields",
     "run_all",
     "run_each",
@@ -115,5 +117,6 @@ __all__ = [
     "set_metadata",
     "sha256_file",
     "sidecar_path",
+    "structure_problem",
     "write_json",
 ]

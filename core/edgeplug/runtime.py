@@ -14,6 +14,7 @@ from .errors import EdgeplugError
 from .metrics import Ragged
 
 PROVIDER = "CPUExecutionProvider"
+ort.set_default_logger_severity(3)  # errors reach the user as one line; onnxruntime's own log stays quiet
 
 
 def session(

@@ -1,5 +1,6 @@
-"""Whether a rewritten model is valid as the core will judge it (onnx.checker's full check, which runs
-strict shape inference), at a cost that does not grow with the weights."""
+"""Whether a model's structure is valid (onnx.checker's full check, which runs strict shape inference), at a
+cost that does not grow with its weights: the core checks every step's model with it, and a plugin may
+check its own rewrites the same way (`edgeplug.plugin_api.structure_problem`)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ _FLOATS = frozenset(
 )
 
 
-def problem(proto: onnx.ModelProto) -> str | None:
+def structure_problem(proto: onnx.ModelProto) -> str | None:
     """None when `proto` passes onnx.checker with full_check, else the checker's first line.
 
     The check runs on a copy whose large weights are graph inputs of the same type and shape: the checker

@@ -10,6 +10,7 @@ original model, which is what the user asked of it.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,17 +100,24 @@ def _compare_arrays(ref: np.ndarray, got: np.ndarray, tol: Tolerance | None, sam
 
 
 def _numbers(r: np.ndarray, g: np.ndarray, tol: Tolerance | None) -> dict[str, Any]:
-    finite = bool(np.isfinite(g).all() == np.isfinite(r).all())
+    """Whole-output figures. Non-finite values must sit where the reference has the same ones (an attention
+    mask's -inf); the error figures are over the positions finite in both."""
+    same_pattern = np.array_equal(np.isfinite(r), np.isfinite(g))
+    finite = same_pattern and bool(np.all((r == g) | np.isfinite(r)))
+    where = np.isfinite(r)  # a NaN or Inf the candidate puts there makes the error NaN or Inf
     with np.errstate(invalid="ignore", over="ignore"):
-        diff = np.abs(g - r)
+        diff = np.abs(g[where] - r[where])
+    scale = np.abs(r[where]).mean() if diff.size else 0.0
     entry: dict[str, Any] = {
         "max_abs_error": float(diff.max()) if diff.size else 0.0,
-        "mean_rel_error": float(diff.mean() / (np.abs(r).mean() + 1e-12)) if diff.size else 0.0,
+        "mean_rel_error": float(diff.mean() / (scale + 1e-12)) if diff.size else 0.0,  # NaN propagates
         "cosine": cosine(r, g),
         "finite": finite,
     }
     if tol is not None and tol.elementwise:
-        bad = ~(diff <= (tol.atol or 0.0) + (tol.rtol or 0.0) * np.abs(r))
+        with np.errstate(invalid="ignore", over="ignore"):
+            close = np.abs(g - r) <= (tol.atol or 0.0) + (tol.rtol or 0.0) * np.abs(r)
+        bad = ~np.where(np.isfinite(r), close, r == g)
         entry["mismatched"] = int(bad.sum())
         entry["mismatched_fraction"] = float(bad.mean()) if bad.size else 0.0
     return entry
@@ -154,9 +162,12 @@ def _compare_exact(ref: Any, got: Any) -> dict[str, Any]:
 def slices(ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
     """Along each non-batch axis of size 2..4096: every slice's max |d| over its reference range, and the
     slices that vary in the reference but are constant in the candidate (dead)."""
-    if ref.ndim < 2 or ref.size == 0:
+    if ref.ndim < 2 or ref.size == 0 or not np.isfinite(ref).any():
         return {}
-    overall = float(np.nanmax(ref) - np.nanmin(ref)) if np.isfinite(ref).any() else 0.0
+    if not (np.isfinite(ref).all() and np.isfinite(got).all()):  # slices judge the finite values only
+        ref = np.where(np.isfinite(ref), ref, np.nan)
+        got = np.where(np.isfinite(got), got, np.nan)
+    overall = float(np.nanmax(ref) - np.nanmin(ref))
     if not overall > 0:
         return {}
     floor = overall * 1e-6
@@ -168,7 +179,8 @@ def slices(ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
             continue
         r = np.moveaxis(ref, axis, 0).reshape(size, -1)
         g = np.moveaxis(got, axis, 0).reshape(size, -1)
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices of masked outputs
             r_lo, r_hi = np.nanmin(r, 1), np.nanmax(r, 1)
             g_lo, g_hi = np.nanmin(g, 1), np.nanmax(g, 1)
             err = np.nanmax(np.abs(g - r), 1)

@@ -44,12 +44,35 @@ def test_bench_side_by_side(example_model, tiny_model):
     assert other["size_ratio"] == pytest.approx(base["size_bytes"] / other["size_bytes"])
     assert other["size_ratio"] > 10  # the example CNN's weights against the tiny 8-channel net's
     assert other["memory_ratio"] == pytest.approx(base["memory_bytes"] / other["memory_bytes"])
-    table = invoke("bench", example_model, tiny_model, "--runs", "5")
+    for row in rows:  # three alternated rounds, the spread their range
+        assert len(row["rounds"]) == 3
+        assert row["spread_ms"] == pytest.approx(max(row["rounds"]) - min(row["rounds"]), abs=1e-5)
+    table = invoke("bench", example_model, tiny_model, "--runs", "5", "--label", "cnn", "--label", "tiny")
     assert table.exit_code == 0, table.output
     lines = table.stdout.splitlines()
-    assert lines[0] == "threads 1, runs 5" and lines[1].split()[:3] == ["model", "p50", "ms"]
-    assert [line.split()[0] for line in lines[2:]] == [example_model.name, tiny_model.name]
+    assert "threads 1, 3 rounds x 5 runs, alternated" in lines[0] and "[" in lines[0]  # CPU flags first
+    assert lines[1].split()[:4] == ["model", "p50", "ms", "spread"]
+    assert [line.split()[0] for line in lines[2:4]] == ["cnn", "tiny"]
     assert lines[2].split()[-2:] == ["1.00x", "1.00x"]
+
+
+def test_bench_labels_same_named_models_by_relative_path_and_counts_external_data(example_model, tmp_path):
+    import onnx
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        proto = onnx.load(example_model)
+        onnx.save(proto, tmp_path / folder / "m.onnx", save_as_external_data=folder == "b", location="m.data",
+                  size_threshold=0)  # fmt: skip
+    result = invoke("bench", tmp_path / "a" / "m.onnx", tmp_path / "b" / "m.onnx", "--runs", "3", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["label"] for r in rows] == ["a/m.onnx", "b/m.onnx"]
+    external = (tmp_path / "b" / "m.onnx").stat().st_size + (tmp_path / "b" / "m.data").stat().st_size
+    assert rows[1]["size_bytes"] == external > (tmp_path / "b" / "m.onnx").stat().st_size
+    assert rows[1]["size_ratio"] == pytest.approx(rows[0]["size_bytes"] / external)
+    mismatch = invoke("bench", tmp_path / "a" / "m.onnx", tmp_path / "b" / "m.onnx", "--label", "one")
+    assert mismatch.exit_code == 2 and "--label given 1 times for 2 models" in mismatch.output
 
 
 def test_bench_refuses_a_broken_file(tmp_path):

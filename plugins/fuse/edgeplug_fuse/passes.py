@@ -15,8 +15,8 @@ from typing import Any
 import onnx
 import onnx_graphsurgeon as gs
 from edgeplug import EdgeplugError
+from edgeplug.plugin_api import structure_problem
 
-from . import validity
 from .order import toposort
 from .roundtrip import export, import_graph
 
@@ -58,7 +58,7 @@ def apply(
         if not changed(counts):
             return Outcome(proto, counts)
         result = export(finish(work), like)
-        reason = validity.problem(result)
+        reason = structure_problem(result)
     except EdgeplugError:
         raise
     except Exception as exc:  # a pass met a construct it does not handle; find which one below
@@ -76,7 +76,7 @@ def finish(graph: gs.Graph) -> gs.Graph:
 
 def _one_at_a_time(proto: onnx.ModelProto, passes: Sequence[Pass], like: onnx.ModelProto) -> Outcome:
     # When the input itself fails the check (a caller's unchecked model), only passes that raise are dropped.
-    baseline = validity.problem(proto)
+    baseline = structure_problem(proto)
     current = proto
     outcome = Outcome(proto, {})
     for each in passes:
@@ -84,7 +84,7 @@ def _one_at_a_time(proto: onnx.ModelProto, passes: Sequence[Pass], like: onnx.Mo
             graph = import_graph(current)
             counts = each.run(graph)
             candidate = export(finish(graph), like)
-            reason = validity.problem(candidate) if baseline is None else None
+            reason = structure_problem(candidate) if baseline is None else None
         except EdgeplugError:
             raise
         except Exception as exc:

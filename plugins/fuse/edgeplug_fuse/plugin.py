@@ -12,8 +12,9 @@ import onnx
 import onnx_graphsurgeon as gs
 from edgeplug import Capabilities, Model, Option, OptionError, PluginError, RunContext, hookimpl
 from edgeplug.capabilities import BATCHNORM, CONTRIB
+from edgeplug.plugin_api import structure_problem
 
-from . import activation, batchnorm, cleanup, folding, passes, support, transformer, validity
+from . import activation, batchnorm, cleanup, folding, passes, support, transformer
 from .patterns import graph_of
 
 TARGETS = ("onnx", "onnxruntime")
@@ -149,7 +150,7 @@ def _encoder_step(
     if not fused:
         ctx.log("transformer encoder fusion found nothing to fuse")
         return model
-    invalid = validity.problem(proto)
+    invalid = structure_problem(proto)
     if invalid is not None:
         counts["transformer"]["dropped"] = f"the fused model is invalid: {invalid}"
         skipped.append(f"transformer encoder fusion rolled back: the fused model is invalid ({invalid})")

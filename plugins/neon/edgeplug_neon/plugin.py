@@ -158,7 +158,8 @@ def _reference(model: Model, ctx: RunContext, count: int) -> dict[str, Any]:
     """The final model's outputs on the first `count` validation samples: those the core holds when it hands
     them over (ctx.previous), else evaluated as the core evaluates."""
     if ctx.previous is not None:
-        return {name: value[:count] for name, value in ctx.previous.items()}
+        total = len(ctx.data.validation)  # a sample may hold several rows (a fixed batch): slice whole samples
+        return {name: value[: count * (len(value) // total)] for name, value in ctx.previous.items()}
     return ctx.evaluate(model, ctx.data.validation[:count])
 
 
