@@ -111,6 +111,7 @@ class ChainView:
     downstream: frozenset[str]  # forms every later plugin consumes (what this one may emit)
     upstream: frozenset[str]  # forms earlier plugins may produce
     target: frozenset[str]  # target properties of the compile plugins after this one
+    ahead: frozenset[str] = frozenset()  # forms later plugins may produce (int8 when a quantizer follows)
 
 
 def chain_views(chain: Sequence[str], caps: Mapping[str, Capabilities]) -> dict[str, ChainView]:
@@ -125,6 +126,7 @@ def chain_views(chain: Sequence[str], caps: Mapping[str, Capabilities]) -> dict[
             downstream=frozenset(downstream),
             upstream=frozenset().union(*(c.produces for c in earlier)) if earlier else frozenset(),
             target=frozenset().union(*(c.target for c in later)) if later else frozenset(),
+            ahead=frozenset().union(*(c.produces for c in later)) if later else frozenset(),
         )
     return views
 

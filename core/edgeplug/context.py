@@ -68,6 +68,11 @@ class RunContext:
         return self.view.upstream
 
     @property
+    def ahead(self) -> frozenset[str]:
+        """Model forms later plugins may produce (e.g. int8 Q/DQ when a quantizer follows)."""
+        return self.view.ahead
+
+    @property
     def target(self) -> frozenset[str]:
         """Properties of the target a later compile plugin builds for (int8-exact, symmetric-int8, ...)."""
         return self.view.target

@@ -176,19 +176,23 @@ def test_hook_returns_none_when_nothing_applies(tmp_path) -> None:
     assert plugin.transform_graph(model, context(tmp=tmp_path)) is None
 
 
-@pytest.mark.parametrize("following", ["neon", "trt"])
-def test_onnxruntime_target_refused_before_standard_only_plugins(tmp_path, following: str) -> None:
+@pytest.mark.parametrize("options", [{"target": "onnxruntime"}, {"transformer": "bert"}])
+def test_contrib_ops_refused_when_a_later_step_does_not_consume_them(tmp_path, options) -> None:
     from edgeplug import PluginError
+    from edgeplug.capabilities import ChainView
+    from edgeplug.plugin_api import CONTRIB, FORMS
 
     from .test_batchnorm import conv_bn
 
-    ctx = context({"target": "onnxruntime"}, chain=("fuse", following), tmp=tmp_path)
-    with pytest.raises(PluginError, match=following):
+    standard_only = ChainView(downstream=FORMS - {CONTRIB}, upstream=frozenset(), target=frozenset())
+    ctx = context(options, chain=("fuse", "compiler"), tmp=tmp_path)
+    ctx.view = standard_only
+    with pytest.raises(PluginError, match=r"contrib ops .*which a later step does not consume"):
         plugin.transform_graph(Model(conv_bn()), ctx)
-    # the portable default is fine in front of them
-    assert (
-        plugin.transform_graph(Model(conv_bn()), context(chain=("fuse", following), tmp=tmp_path)) is not None
-    )
+    # the portable default is fine in front of such a step
+    portable = context(chain=("fuse", "compiler"), tmp=tmp_path)
+    portable.view = standard_only
+    assert plugin.transform_graph(Model(conv_bn()), portable) is not None
 
 
 def test_bool_initializer_types_survive(fuse) -> None:

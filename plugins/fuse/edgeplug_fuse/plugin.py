@@ -1,6 +1,6 @@
 """The `fuse` plugin: exact graph fusions with onnx-graphsurgeon.
 
-target=onnx (default) keeps the model standard ONNX (for quant, neon, TensorRT); target=onnxruntime
+target=onnx (default) keeps the model standard ONNX (what quantizers and compilers take); target=onnxruntime
 also fuses Conv+activation into com.microsoft FusedConv and lets transformer=auto fuse encoders.
 """
 
@@ -10,17 +10,13 @@ from typing import Any
 
 import onnx
 import onnx_graphsurgeon as gs
-from edgeplug import Capabilities, Model, Option, OptionError, PluginError, RunContext, hookimpl
-from edgeplug.capabilities import BATCHNORM, CONTRIB
-from edgeplug.plugin_api import structure_problem
+from edgeplug import Capabilities, Model, OptionError, PluginError, RunContext, hookimpl
+from edgeplug.plugin_api import BATCHNORM, CONTRIB, DYNAMIC_INT8, QDQ_INT8, evaluate, structure_problem
 
 from . import activation, batchnorm, cleanup, folding, passes, support, transformer
 from .patterns import graph_of
+from .settings import FuseSettings
 
-TARGETS = ("onnx", "onnxruntime")
-TRANSFORMER_MODES = ("auto", "off", "bert")
-# plugins that cannot consume onnxruntime contrib ops (com.microsoft domain)
-STANDARD_ONLY = ("neon", "trt")
 CLEANUPS = (
     "constant_nodes_to_initializers",
     "dead_nodes_removed",
@@ -33,34 +29,15 @@ CLEANUPS = (
 
 
 @hookimpl
-def plugin_options() -> list[Option]:
-    return [
-        Option(
-            "target",
-            "str",
-            "onnx",
-            "onnx: portable standard ONNX; onnxruntime: also Conv+activation -> com.microsoft FusedConv "
-            "and transformer fusions when an encoder is detected",
-            choices=TARGETS,
-        ),
-        Option(
-            "transformer",
-            "str",
-            "auto",
-            "encoder fusions with onnxruntime.transformers (Attention, SkipLayerNormalization, BiasGelu, "
-            "EmbedLayerNormalization): auto = when an encoder is detected and target=onnxruntime; "
-            "bert = always; off = never",
-            choices=TRANSFORMER_MODES,
-        ),
-        Option("num_heads", "int", 0, "attention heads for the transformer fusion (0 = read from the graph)"),
-        Option("hidden_size", "int", 0, "hidden size for the transformer fusion (0 = read from the graph)"),
-    ]
+def plugin_options() -> type:
+    return FuseSettings
 
 
 @hookimpl
 def plugin_capabilities(options: dict[str, Any], downstream: frozenset[str]) -> Capabilities:
-    """fuse folds BatchNormalization; it emits onnxruntime contrib ops only for target=onnxruntime."""
-    contrib = options.get("target") == "onnxruntime" or options.get("transformer") == "bert"
+    """fuse folds BatchNormalization; it emits onnxruntime contrib ops only for target=onnxruntime (or
+    transformer=bert), and only when every later step consumes them (else it refuses in pre_optimize)."""
+    contrib = FuseSettings.of(None, options).emits_contrib and CONTRIB in downstream
     return Capabilities(
         produces=frozenset({CONTRIB}) if contrib else frozenset(), removes=frozenset({BATCHNORM})
     )
@@ -68,17 +45,19 @@ def plugin_capabilities(options: dict[str, Any], downstream: frozenset[str]) -> 
 
 @hookimpl
 def pre_optimize(model: Model, ctx: RunContext) -> None:
-    """Refuse an onnxruntime-only output in front of neon/trt before any step runs."""
-    _refuse_chain(_checked(ctx.options), ctx)
+    """Refuse contrib ops in front of a step that does not consume them, before any step runs."""
+    _refuse_chain(FuseSettings.of(ctx.settings, ctx.options), ctx)
 
 
 @hookimpl
 def transform_graph(model: Model, ctx: RunContext) -> Model | None:
-    options = _checked(ctx.options)
-    _refuse_chain(options, ctx)
-    if options["target"] == "onnxruntime" and "quant" in ctx.following:
+    settings = FuseSettings.of(ctx.settings, ctx.options)
+    _refuse_chain(settings, ctx)
+    options = {f: getattr(settings, f) for f in ("target", "transformer", "num_heads", "hidden_size")}
+    if settings.target == "onnxruntime" and ctx.ahead & {QDQ_INT8, DYNAMIC_INT8}:
         ctx.log(
-            "warning: quant does not quantize com.microsoft FusedConv; target=onnx keeps those Convs int8-able"
+            "warning: a later step quantizes, and com.microsoft FusedConv is not quantized; target=onnx keeps "
+            "those Convs int8-able"
         )
     counts: dict[str, Any] = {"nodes_before": len(model.proto.graph.node)}
     try:
@@ -225,23 +204,13 @@ def _passthrough(graph: gs.Graph) -> dict[str, int]:
     return {"identity_removed": removed["Identity"], "dropout_removed": removed["Dropout"]}
 
 
-def _checked(options: dict[str, Any]) -> dict[str, Any]:
-    """Options with defaults filled (programmatic callers may pass a partial dict) and range-checked."""
-    merged = {"target": "onnx", "transformer": "auto", "num_heads": 0, "hidden_size": 0, **options}
-    for key in ("num_heads", "hidden_size"):
-        if int(merged[key]) < 0:
-            raise OptionError(f"fuse.{key} must be 0 (read from the graph) or positive, not {merged[key]}")
-    return merged
-
-
-def _refuse_chain(options: dict[str, Any], ctx: RunContext) -> None:
-    """Refuse an output the following plugins cannot compile (contrib ops in front of neon or trt)."""
-    portable = options["target"] == "onnx" and options["transformer"] != "bert"
-    blocked = [name for name in ctx.following if name in STANDARD_ONLY]
-    if not portable and blocked:
+def _refuse_chain(settings: FuseSettings, ctx: RunContext) -> None:
+    """Refuse contrib ops that a later step does not consume (a compiler of standard ONNX)."""
+    if settings.emits_contrib and CONTRIB not in ctx.downstream:
         raise PluginError(
-            f"fuse with target={options['target']}/transformer={options['transformer']} emits onnxruntime "
-            f"contrib ops that {', '.join(blocked)} cannot compile; use -o fuse.target=onnx -o fuse.transformer=auto"
+            f"fuse with target={settings.target}/transformer={settings.transformer} emits onnxruntime contrib "
+            "ops (com.microsoft), which a later step does not consume; use -o fuse.target=onnx "
+            "-o fuse.transformer=auto"
         )
 
 
@@ -270,13 +239,9 @@ def _encoder_within_tolerance(
     (with the measured error in the report) instead of failing the whole step."""
     if ctx.data is None or not ctx.data.validation:
         return True
-    from edgeplug import verify
-
     samples = ctx.data.validation[:16]
-    metrics, failures = verify.evaluate(
-        verify.outputs_of(model, samples, ctx.threads),
-        verify.outputs_of(model.replace(proto), samples, ctx.threads),
-        ctx.tolerance,
+    metrics, failures = evaluate(
+        ctx.evaluate(model, samples), ctx.evaluate(model.replace(proto), samples), ctx.tolerance
     )
     record["max_abs_error"] = max((m.get("max_abs_error", 0.0) for m in metrics.values()), default=0.0)
     if not failures:
@@ -291,9 +256,9 @@ def _encoder_within_tolerance(
 
 def _warn_left(counts: dict[str, Any], ctx: RunContext) -> None:
     left = counts.get("batchnorm_left") or {}
-    if left and "neon" in ctx.following:
+    if left and BATCHNORM not in ctx.downstream:
         ctx.log(
-            f"warning: {sum(left.values())} BatchNormalization left unfused, which neon cannot compile: "
+            f"warning: {sum(left.values())} BatchNormalization left unfused, which a later step does not take: "
             + ", ".join(f"{n} ({why})" for why, n in left.items())
         )
 

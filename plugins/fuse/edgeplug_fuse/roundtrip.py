@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import onnx
 import onnx_graphsurgeon as gs
-from edgeplug.model import restore_model_fields
+from edgeplug.plugin_api import restore_model_fields
 from onnx import numpy_helper
 
 _BODIES = "_edgeplug_fuse_bodies"
