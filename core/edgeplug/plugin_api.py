@@ -26,7 +26,7 @@ from .capabilities import (
 )
 from .context import Artifact, InferenceRequest, InferenceResult, RunContext, Runner, sha256_file
 from .cpu import cpu_info
-from .data import Dataset
+from .data import Dataset, load_data
 from .errors import (
     DataError,
     EdgeplugError,
@@ -104,6 +104,7 @@ __all__ = [
     "hookimpl",
     "intermediate_outputs",
     "is_logits",
+    "load_data",
     "load_function",
     "measure_latency",
     "option",

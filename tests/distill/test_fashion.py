@@ -1,0 +1,56 @@
+"""The zoo's Fashion-MNIST CNN: half of its channels pruned, then distilled (slow: minutes of training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import edgeplug
+import numpy as np
+import pytest
+
+from .conftest import run_onnx
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    zoo = pytest.importorskip("benchmarks.zoo")
+    reason = zoo.missing("fashion_cnn")
+    if reason:
+        pytest.skip(f"zoo entry fashion_cnn cannot be built here: {reason}")
+    return zoo.get("fashion_cnn")
+
+
+def accuracy(model: Path, images: np.ndarray, labels: np.ndarray) -> float:
+    logits = np.concatenate(
+        [run_onnx(model, {"input": images[i : i + 500]})[0] for i in range(0, len(images), 500)]
+    )
+    return float((logits.argmax(1) == labels).mean())
+
+
+def test_distillation_recovers_the_pruned_fashion_cnn(fashion, tmp_path: Path) -> None:
+    """Calibration: the zoo's 512 training images (reconstruction, distillation); labelled accuracy on the
+    10,000 test images, which neither step sees. The test states both numbers when it fails."""
+    model, data = fashion.models["model_bn"], fashion.data
+    with np.load(data["evaluation"]) as npz:
+        images, labels = npz["input"], npz["labels"]
+    prune = {"mode": "structured", "sparsity": 0.5, "min_cosine": -1.0}
+    runs = {}
+    for name, chain, options in (
+        ("pruned", ["prune"], {"prune": prune}),
+        ("distilled", ["prune", "distill"], {"prune": prune, "distill": {"min_top1": 0.0, "lr": 1e-3}}),
+    ):
+        runs[name] = edgeplug.optimize(
+            model,
+            chain,
+            data=str(data["evaluation"]),
+            calibration_data=str(data["calibration"]),
+            options=options,
+            output_dir=tmp_path / name,
+        )
+    base = accuracy(model, images, labels)
+    pruned = accuracy(runs["pruned"].output_dir / model.name, images, labels)
+    distilled = accuracy(runs["distilled"].output_dir / model.name, images, labels)
+    assert base - pruned > 0.01, (base, pruned)
+    assert base - distilled <= 0.01, (base, pruned, distilled)
