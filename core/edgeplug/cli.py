@@ -492,9 +492,18 @@ def infer(
         top = summary.get("top1", {}).get(name)
         click.echo(f"{name}: shape {shape}" + (f", top-1 {top[:20]}" if top is not None else ""))
     for key, value in result.flags.items():
-        click.echo(f"{key}: {value}")
+        click.echo(f"{key}: {_flag_text(value)}")
     if output:
         click.echo(f"wrote {output}")
+
+
+def _flag_text(value: Any) -> str:
+    """A flag for the terminal: a long per-input list of names as counts (--json keeps every entry)."""
+    if isinstance(value, list) and len(value) > 20 and all(isinstance(v, str) for v in value):
+        from collections import Counter
+
+        return ", ".join(f"{name} x{count}" for name, count in Counter(value).most_common())
+    return str(value)
 
 
 def _register_commands() -> None:

@@ -153,21 +153,28 @@ class RunContext:
 @dataclass(frozen=True)
 class Artifact:
     """A deployable output: its files, their sha256, its kind (onnx, tensorrt-engine, c-library, cascade),
-    JSON-serialisable `info`, and the `tolerance` the core verifies it with against the final model (None:
-    the compile plugin's step tolerance)."""
+    JSON-serialisable `info`, the `tolerance` the core verifies it with (None: the compile plugin's step
+    tolerance), and the `reference` model it is verified against (None: the chain's final model; a cascade
+    names its largest model)."""
 
     kind: str
     files: tuple[Path, ...]
     sha256: dict[str, str]
     info: dict[str, Any] = field(default_factory=dict)
     tolerance: Tolerance | None = None
+    reference: Path | None = None
 
     @classmethod
     def of(
-        cls, kind: str, files: Iterable[Path], tolerance: Tolerance | None = None, **info: Any
+        cls,
+        kind: str,
+        files: Iterable[Path],
+        tolerance: Tolerance | None = None,
+        reference: Path | None = None,
+        **info: Any,
     ) -> Artifact:
         paths = tuple(Path(f) for f in files)
-        return cls(kind, paths, {p.name: sha256_file(p) for p in paths}, dict(info), tolerance)
+        return cls(kind, paths, {p.name: sha256_file(p) for p in paths}, dict(info), tolerance, reference)
 
     @property
     def main(self) -> Path:

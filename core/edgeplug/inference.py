@@ -90,7 +90,12 @@ def infer(
     keep = {CORE, *guards}
     remove = [p for n, p in pm.list_name_plugin() if n not in keep]
     caller = pm.subset_hook_caller("guard_inference", remove_plugins=remove)
-    return caller(request=request)
+    result = caller(request=request)
+    route = (compiled.info.get("route_output") if compiled is not None else None) or None
+    if route and route in result.outputs and compiled.info.get("models"):
+        models = compiled.info["models"]  # a cascade: which of its models answered each input
+        result.flags["answered_by"] = [models[int(i)] for i in np.asarray(result.outputs[route]).ravel()]
+    return result
 
 
 def recorded_artifact(model: Path) -> Artifact:

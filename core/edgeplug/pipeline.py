@@ -554,34 +554,51 @@ class Pipeline:
         return artifact
 
     def verify_artifact(self, artifact: Artifact, final_out: dict[str, np.ndarray], tol: Tolerance) -> None:
-        """Run a compiled artifact through a plugin's make_runner, when one can, against the final model."""
+        """Run a compiled artifact through a plugin's make_runner, when one can, against the final model (or
+        the reference model the artifact names, e.g. a cascade's largest model), with the artifact's budget."""
         runner = self.pm.hook.make_runner(artifact=artifact, options={"threads": self.settings.threads})
         if runner is None or artifact.kind == "onnx":
             return
+        reference, against = final_out, "the final model"
+        if artifact.reference is not None:
+            reference = verify.outputs_of(
+                Model.load(artifact.reference), self.data.validation, self.settings.threads, self.qdq_as_float
+            )
+            against = f"{_inside(artifact.reference, self.out)} (the artifact's reference model)"
+        elif self.qdq_as_float:
+            against = "the final model, Q/DQ as float operators"
         got = run_each(runner, self.data.validation)
         verdict = verify.judge(
-            final_out,
+            reference,
             got,
             tol,
             specs=self.run_metrics.specs,
             labels=self.data.validation_labels,
             samples=len(self.data.validation),
+            original=reference if artifact.reference is not None else None,
+            user_budgets=tuple(tol.metric_budgets) if artifact.reference is not None else (),
         )
         failures = verdict.failures
         self.report["compile"]["verification"] = {
-            "reference": "the final model, Q/DQ as float operators"
-            if self.qdq_as_float
-            else "the final model",
-            "vs_final_model": verdict.outputs,
+            "reference": against,
+            "vs_final_model" if artifact.reference is None else "vs_reference": verdict.outputs,
             "metrics": {k: v.as_dict() for k, v in verdict.metrics.items()},
+            "budgets": verdict.budgets,
             "tolerance": tol.as_dict(),
             "passed": not failures,
             "failures": failures,
         }
         if failures:
             raise VerificationError(
-                f"compiled {artifact.kind} differs from the model: {'; '.join(failures)}", step=self.compiler
+                f"compiled {artifact.kind} differs from {against}: {'; '.join(failures)}", step=self.compiler
             )
+
+
+def _inside(path: Path, root: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def bought(
