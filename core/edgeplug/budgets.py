@@ -18,7 +18,7 @@ import numpy as np
 
 from .detection import LAYOUTS, DetectionSettings
 from .errors import OptionError
-from .metrics import Evidence, MetricSpec, UserMetric, metric_name, resolve
+from .metrics import Evidence, MetricSpec, UserMetric, builtin_specs, metric_name, resolve
 from .options import Option, parse_budgets
 from .options import resolve as resolve_options
 from .tolerance import METRIC_PREFIX, Tolerance
@@ -76,6 +76,13 @@ class RunMetrics:
         given.update(budgets if isinstance(budgets, Mapping) else parse_budgets(budgets))
         specs = resolve([*names, *(b for b in given if b not in names)], detection)
         return cls(specs, given, tuple(metric_name(n) for n in names))
+
+    @property
+    def reported(self) -> dict[str, MetricSpec]:
+        """What every step reports: cosine and top-1 agreement (where there are logits) always, then the
+        metrics the run names."""
+        defaults = {k: v for k, v in builtin_specs().items() if k in ("cosine", "top1")}
+        return {**defaults, **self.specs}
 
     @property
     def user_metrics(self) -> list[str]:
