@@ -256,7 +256,7 @@ def test_compiled_artifact_is_verified_through_make_runner(tiny_model, tmp_path)
     sidecar = json.loads((tmp_path / "ok" / "tiny.edgeplug.json").read_text())
     assert set(sidecar["artifact"]["files"]) == {"external/model.onnx", "external/weights.bin"}
     assert bad.exit_code == 1
-    assert "compiled onnx-external differs from the model" in bad.output
+    assert "compiled onnx-external differs from the final model" in bad.output
 
 
 def test_two_compiling_plugins_are_refused(tiny_model, tmp_path):
