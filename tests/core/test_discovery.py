@@ -11,21 +11,17 @@ from pathlib import Path
 import pytest
 from edgeplug import plugins
 
-THIRD_PARTY = """
-from edgeplug import Model, Option, hookimpl
-from edgeplug.model import set_metadata
+ROOT = Path(__file__).resolve().parents[2]
 
-@hookimpl
-def plugin_options():
-    return [Option("stamp", "str", "hello", "text written into the model's metadata")]
 
-@hookimpl
-def transform_graph(model, ctx):
-    proto = model.copy_proto()
-    set_metadata(proto, "stamp", ctx.options["stamp"])
-    return model.replace(proto)
-"""
+def readme_plugin_example() -> str:
+    """The README's third-party plugin, exactly as a reader copies it (the block after `# edgeplug_stamp.py`)."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("# edgeplug_stamp.py\n")
+    return text[start : text.index("```", start)]
 
+
+THIRD_PARTY = readme_plugin_example()
 
 def install_fake_distribution(
     site: Path, dist: str, entry_points: dict[str, str], modules: dict[str, str]

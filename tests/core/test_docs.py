@@ -1,6 +1,6 @@
 """Every hook has a test and a README entry; every option of every installed plugin is documented where
-that plugin's options are (its own README table, or the Verification section for the core's tolerance
-options).
+that plugin's options are (the generated table of its own page, plugins/<name>/README.md, or the README's
+Verification section for the core's verification options).
 
 "Has a test" is read from the test sources with `ast`, as datasette's test_docs does for its hooks: a
 test function exercises a hook when it calls `<pm>.hook.<name>(...)` or uses, directly or through the
@@ -246,7 +246,13 @@ def declared_by(plugin: object) -> dict[str, Option]:
     return {o.name: o for o in flat}
 
 
-def undocumented_options(readme: str) -> list[str]:
+def plugin_page(distribution: str) -> str:
+    """The text of a plugin's own page (plugins/<dir>/README.md of its distribution edgeplug-<dir>)."""
+    page = ROOT / "plugins" / distribution.removeprefix("edgeplug-") / "README.md"
+    return page.read_text() if page.exists() else ""
+
+
+def undocumented_options(readme: str, pages: dict[str, str] | None = None) -> list[str]:
     pm = plugins.load_plugins()
     verification = readme_section(readme, "## Verification")
     missing = []
@@ -254,11 +260,12 @@ def undocumented_options(readme: str) -> list[str]:
         if info.name == "core" or info.distribution in ("?", "edgeplug"):
             continue  # the core and plugins registered by other tests
         own = declared_by(pm.get_plugin(info.name))
-        table = table_keys(readme_section(readme, f"### `{info.name}`"), info.name)
+        page = (pages or {}).get(info.name, plugin_page(info.distribution))
+        table = table_keys(page, info.name)
         for key in info.options:
             if key in own or key not in TOLERANCE_KEYS:
                 documented = key in table
-            else:  # a core tolerance option the plugin leaves to the core
+            else:  # a core verification option the plugin leaves to the core
                 documented = f"`-o <plugin>.{key}=`" in verification
             if not documented:
                 missing.append(f"{info.name}.{key}")
@@ -268,19 +275,17 @@ def undocumented_options(readme: str) -> list[str]:
 def test_every_plugin_option_is_documented():
     missing = undocumented_options(README)
     assert not missing, (
-        f"options missing from README (each in its plugin's option table, core tolerance options as "
-        f"`-o <plugin>.KEY=` under Verification): {missing}"
+        f"options missing (each in its plugin page's option table, `edgeplug plugins --markdown NAME`; the "
+        f"core's verification options as `-o <plugin>.KEY=` under the README's Verification): {missing}"
     )
 
 
 def test_option_check_needs_the_plugins_own_table():
-    """The check itself: an option named only in another plugin's table, or in prose, is not documented."""
-    fuse = readme_section(README, "### `fuse`")
-    assert "`target`" in fuse and "`target`" in readme_section(README, "### `neon`")
-    without_fuse_row = README.replace(
-        next(line for line in fuse.splitlines() if line.startswith("| `target`")), ""
-    )
-    assert "fuse.target" in undocumented_options(without_fuse_row)
+    """The check itself: an option named only in another plugin's page, or in prose, is not documented."""
+    fuse = plugin_page("edgeplug-fuse")
+    assert "`fuse.target`" in fuse and "`neon.target`" in plugin_page("edgeplug-neon")
+    row = next(line for line in fuse.splitlines() if line.startswith("| `fuse.target`"))
+    assert "fuse.target" in undocumented_options(README, {"fuse": fuse.replace(row, "")})
     verification = readme_section(README, "## Verification")
     without_tolerances = README.replace(verification, "## Verification\n\nmin_cosine min_top1 rtol atol")
     assert "fuse.min_cosine" in undocumented_options(without_tolerances)
