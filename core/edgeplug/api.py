@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import DataError, OptionError, user_os_error
 from .model import Model
 from .options import suggest
+from .plugins import CORE
 
 if TYPE_CHECKING:
     from .context import InferenceResult
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 ON_FAIL = ("fail", "skip")
 THREADS_HARD_CAP = 4  # --threads above this many times the CPU count is refused
-CORE_OPTIONS = "core"  # `-o core.*`: the run's own settings (metrics), always selected
+CORE_OPTIONS = CORE  # `-o core.*`: the run's own settings (metrics), always selected
 
 
 def optimize(

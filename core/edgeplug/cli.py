@@ -474,6 +474,8 @@ def infer(
     result = checked_infer(model, input_path, names, _options(opts), config, threads, artifact, warn=_warn)
     if output:
         write_atomically(output, lambda fh: np.savez(fh, **result.outputs))
+    from .metrics import is_logits
+
     summary: dict[str, Any] = {
         "abstained": result.abstained,
         "reason": result.reason,
@@ -481,7 +483,7 @@ def infer(
         "outputs": {k: list(v.shape) for k, v in result.outputs.items()},
     }
     for name, value in result.outputs.items():
-        if value.ndim == 2 and value.shape[1] >= 2 and value.dtype.kind == "f":
+        if is_logits(value):
             summary.setdefault("top1", {})[name] = value.argmax(1).tolist()
     if as_json:
         click.echo(json.dumps(summary, default=str))

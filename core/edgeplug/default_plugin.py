@@ -10,15 +10,13 @@ from typing import Any
 from .context import Artifact, InferenceRequest, InferenceResult, RunContext, Runner
 from .errors import ModelError
 from .hookspecs import hookimpl
-from .model import Model
+from .model import Model, is_keras_path
 from .runtime import run_all, session
-
-KERAS_SUFFIXES = {".h5", ".keras", ".hdf5"}
 
 
 @hookimpl(trylast=True)
 def load_model(path: Path, ctx: RunContext) -> Model | None:
-    if path.suffix.lower() in KERAS_SUFFIXES or (path.is_dir() and (path / "saved_model.pb").exists()):
+    if is_keras_path(path):
         raise ModelError(
             f"{path} is a Keras model; select a plugin that trains and exports it (quant for QAT, "
             "prune for training-time pruning), e.g. --plugins quant"

@@ -14,7 +14,7 @@ from .data import check_names, conform, read_arrays
 from .errors import ModelError, OptionError, PluginError
 from .model import Model
 from .options import read_config, resolve
-from .pipeline import CORE
+from .plugins import CORE
 from .run_record import RunRecord, sidecar_path
 from .runtime import run_all, run_each, session
 

@@ -197,11 +197,8 @@ class Model:
         return 0
 
     def op_histogram(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for node in self.proto.graph.node:
-            key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
-            counts[key] = counts.get(key, 0) + 1
-        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        """Operator counts, most frequent first (other domains as `domain.Op`)."""
+        return op_histogram(self.proto)
 
     def weights(self) -> Iterable[tuple[str, np.ndarray]]:
         """Every constant tensor: initializers (dense and sparse) and Constant nodes' values."""
@@ -586,6 +583,24 @@ def file_size(path: Path) -> int:
         if data.is_file():
             total += data.stat().st_size
     return total
+
+
+KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
+
+
+def is_keras_path(path: Path) -> bool:
+    """A Keras model: an .h5/.hdf5/.keras file or a SavedModel folder (plugins that train take those)."""
+    path = Path(path)
+    return path.suffix.lower() in KERAS_SUFFIXES or (path.is_dir() and (path / "saved_model.pb").exists())
+
+
+def op_histogram(proto: onnx.ModelProto) -> dict[str, int]:
+    """Operator counts of the main graph, most frequent first (other domains as `domain.Op`)."""
+    counts: dict[str, int] = {}
+    for node in proto.graph.node:
+        key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def describe(model: Model, path: Path | None = None) -> dict[str, Any]:

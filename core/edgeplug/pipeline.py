@@ -23,13 +23,12 @@ from .metrics import UserMetric
 from .model import Model, file_size
 from .options import read_config, resolve, settings_instance
 from .output_dir import OutputFolder
+from .plugins import CORE
 from .report import new_report, print_summary, write_json
 from .run_record import RunRecord, sidecar_path
 from .runtime import run_each
 from .step_cache import StepCache, data_fingerprint, step_key
 from .tolerance import Tolerance, check_tolerance_values, split_tolerance
-
-CORE = "core"
 
 
 @dataclass

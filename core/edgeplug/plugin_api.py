@@ -40,7 +40,15 @@ from .errors import (
 )
 from .hookspecs import hookimpl
 from .metrics import MetricSpec, MetricValue, Ragged, is_logits, load_function
-from .model import Model, TensorSpec, get_metadata, restore_model_fields, set_metadata
+from .model import (
+    Model,
+    TensorSpec,
+    get_metadata,
+    is_keras_path,
+    op_histogram,
+    restore_model_fields,
+    set_metadata,
+)
 from .options import Option, option, parse_duration, parse_input_shapes
 from .report import write_json
 from .run_record import RunRecord, sidecar_path
@@ -103,10 +111,12 @@ __all__ = [
     "get_metadata",
     "hookimpl",
     "intermediate_outputs",
+    "is_keras_path",
     "is_logits",
     "load_data",
     "load_function",
     "measure_latency",
+    "op_histogram",
     "option",
     "outputs_of",
     "parse_duration",

@@ -21,7 +21,8 @@ from .errors import OptionError, PluginError
 from .options import Option, declared_options, suggest
 from .tolerance import schema_for
 
-DEFAULT_PLUGINS = {"core": "edgeplug.default_plugin"}
+CORE = "core"  # the core's built-in plugin, and the `-o core.*` / `[core]` options of a run
+DEFAULT_PLUGINS = {CORE: "edgeplug.default_plugin"}
 ENV_VAR = "EDGEPLUG_PLUGINS"
 
 _pm: pluggy.PluginManager | None = None

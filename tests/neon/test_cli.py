@@ -176,7 +176,7 @@ def test_disagreement_fails_verification(tmp_path: Path) -> None:
         str(tmp_path / "out"),
     )
     assert code == 1
-    assert "compiled c-library differs from the model" in text
+    assert "compiled c-library differs from the final model" in text
 
 
 def test_make_runner_runs_host_library(tmp_path: Path) -> None:

@@ -53,7 +53,21 @@ def test_a_search_meets_its_budget_draws_a_front_and_reuses_cached_steps(tmp_pat
     assert best["passed"] and best["metric"] >= 0.98
     assert section["held_out"]["passed"] and section["held_out"]["metrics"]["top1"] >= 0.98
     (front,) = section["front"].values()
-    assert len(front) >= 2
+    assert front  # its size depends on the CPU's speed: check what a front is, not how many points it has
+    objective = "latency"
+    measured = [
+        t
+        for t in section["trials"]
+        if t.get(objective) is not None and t.get("metric") is not None and t.get("origin") != "probe"
+    ]
+    on_front = {p["trial"] for p in front}
+
+    def beats(a: dict, b: dict) -> bool:
+        better = a[objective] < b[objective] or a["metric"] > b["metric"]
+        return a[objective] <= b[objective] and a["metric"] >= b["metric"] and better
+
+    for t in measured:
+        assert (t["id"] in on_front) != any(beats(o, t) for o in measured), t
     assert (tmp_path / "a" / "digits_cnn.onnx").exists() and (
         tmp_path / "a" / "digits_cnn.edgeplug.json"
     ).exists()

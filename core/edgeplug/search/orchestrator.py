@@ -80,7 +80,7 @@ def run_search(s: SearchSettings) -> SearchResult:
     data = load_data(
         s.data, model, seed=s.seed, calibration=s.calibration_data, preprocess=Preprocess.parse(s.preprocess)
     )
-    if data.source != "file":
+    if not data.is_real:
         raise DataError("edgeplug search needs real data: --data FILE.npz (a folder of .npy or images)")
     files = write_splits(data, folder / "data", s.seed)
     cache = StepCache(s.cache or default_folder())

@@ -22,7 +22,7 @@ def build_record(model: Model, ctx: RunContext) -> SecurityRecord:
     settings: SecuritySettings = ctx.settings
     names = [s.name for s in model.inputs]
     user = parse_ranges(settings.input_range, names)
-    real = ctx.data.source == "file"
+    real = ctx.data.is_real
     if real:
         require_finite(ctx.data.calibration)
     margin = settings.range_margin
@@ -65,7 +65,7 @@ def calibrate_squeezer(
     found = classifier_io(model.inputs, model.outputs)
     if found is None:
         return None
-    if ctx.data.source != "file":
+    if not ctx.data.is_real:
         ctx.log("warning: no real data: the feature-squeezing threshold is not calibrated")
         return None
     name, output, layout = found

@@ -32,7 +32,7 @@ class SecuritySettings:
         minimum=0.0,
         maximum=10.0,
     )
-    input_range: list[str] = option(  # noqa: RUF009 (option() gives a list default a default_factory)
+    input_range: list[str] = option(
         [],
         "allowed input values: LOW,HIGH for every input, or NAME:LOW:HIGH items "
         "(at run time: recorded instead of the observed range; at inference: overrides the record)",
@@ -104,7 +104,7 @@ class SecuritySettings:
     min_confidence: float = option(
         0.0, "abstain when the top-1 probability is below this (0: off)", minimum=0.0, maximum=1.0
     )
-    deny_labels: list[str] = option(  # noqa: RUF009
+    deny_labels: list[str] = option(
         [], "abstain when the top-1 label is one of these class indices"
     )
 
