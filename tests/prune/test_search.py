@@ -67,3 +67,50 @@ def test_unreachable_budget_is_a_clear_error(tmp_path: Path) -> None:
             output_dir=tmp_path,
             options={"prune": {"max_abs_error": 1e-9, "min_cosine": 0.9999999}},
         )
+
+
+def _equal_magnitude_mlp(path: Path) -> Path:
+    """Two Gemm layers whose weights all have magnitude ~1: magnitude pruning removes energy in proportion to
+    the sparsity, so the default 0.5 leaves an output cosine near 0.7, below the step's default 0.9."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [
+        np.sign(rng.standard_normal(shape)).astype(np.float32) * (1 + 0.01 * rng.random(shape, np.float32))
+        for shape in ((64, 64), (64, 16))
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gemm", ["x", "w0"], ["h"], name="fc0"),
+            helper.make_node("Gemm", ["h", "w1"], ["y"], name="fc1"),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
+        [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, path)
+    return path
+
+
+def test_the_default_sparsity_is_lowered_until_the_steps_budget_holds(tmp_path: Path) -> None:
+    """No sparsity and no budget given: 0.5 misses the default cosine budget, so the plugin bisects below it
+    instead of failing the step; a model where 0.5 holds keeps 0.5 (one evaluation)."""
+    model = _equal_magnitude_mlp(tmp_path / "mlp.onnx")
+    options = {"prune": {"skip_first_last": False}}
+    result = edgeplug.optimize(model, ["prune"], output_dir=tmp_path / "out", options=options)
+    step = result.report["steps"][0]
+    search = step["details"]["search"]
+    assert search["user_set"] is False and search["budget"] == {"cosine": 0.9}
+    assert search["trace"][0] == {**search["trace"][0], "sparsity": 0.5, "passed": False}
+    chosen = step["details"]["sparsity_target"]
+    assert 0.05 < chosen < 0.25  # energy kept ~ 1 - sparsity per layer: cosine 0.9 near 0.1-0.2
+    assert step["verification"]["passed"]
+    assert step["verification"]["vs_previous"]["y"]["cosine"] >= 0.9
+
+    result = edgeplug.optimize(DIGITS, ["prune"], data=TEST_DATA, output_dir=tmp_path / "digits")
+    details = result.report["steps"][0]["details"]
+    assert details["sparsity_target"] == 0.5 and len(details["search"]["trace"]) == 1

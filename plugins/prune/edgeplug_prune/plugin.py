@@ -20,7 +20,6 @@ from .settings import DEFAULT_SPARSITY, PruneSettings
 from .storage import densify, has_sparse_constants, sizes, to_sparse
 from .structured import prune_channels
 
-BUDGET_KEYS = ("min_cosine", "min_top1")
 MAX_CALIBRATION = 2048
 
 
@@ -70,37 +69,53 @@ def transform_graph(model: Model, ctx: RunContext) -> Model | None:
     _require_float_weights(model.proto)
     use_lsq = _wants_reconstruction(cfg, ctx)
     calibration = ctx.data.calibration[:MAX_CALIBRATION] if use_lsq else []
-    budget = [k for k in BUDGET_KEYS if k in ctx.tolerance.user_set]
+    budgets = ctx.tolerance.metric_budgets
+    user_budget = {k: v for k, v in budgets.items() if f"min_{k}" in ctx.tolerance.user_set}
     info: dict[str, Any] = {"mode": cfg.mode, "reconstruct": use_lsq}
 
+    kept: dict[float, tuple[onnx.ModelProto, dict[str, Any]]] = {}  # the last passing build of the search
+
     def build(sparsity: float) -> tuple[onnx.ModelProto, dict[str, Any]]:
+        if sparsity in kept:
+            return kept[sparsity]
         return _prune(model.proto, cfg, sparsity, ctx, use_lsq, calibration)
 
-    if cfg.sparsity is None and budget and cfg.mode != "nm":
+    if cfg.sparsity is None and cfg.mode != "nm" and budgets:
+        # a budget the user set: the highest sparsity that meets it; the step's default budget: the default
+        # sparsity, lowered by bisection until the budget holds (never a step that fails when one fits)
+        budget = user_budget or budgets
+        shown = ", ".join(f"{k} {v:g}" for k, v in sorted(budget.items()))
 
         def passes(sparsity: float) -> tuple[bool, dict[str, Any]]:
             """Judged as the core will judge the step: against the outputs it holds for this step's input."""
-            proto, _ = build(sparsity)
-            verdict = ctx.check(model.replace(proto))
+            built = build(sparsity)
+            verdict = ctx.check(model.replace(built[0]))
+            if verdict.passed:
+                kept.clear()
+                kept[sparsity] = built
             summary = {k: v.value for k, v in verdict.metrics.items() if v.value is not None}
             return verdict.passed, summary
 
-        ctx.log(
-            f"searching the highest sparsity meeting {', '.join(budget)} on {len(ctx.data.validation)} "
-            "validation samples"
-        )
-        best, trace = bisect_sparsity(passes, high=0.9 if cfg.mode == "structured" else 0.95)
-        info["search"] = {"budget": {k: getattr(ctx.tolerance, k) for k in budget}, "trace": trace}
+        if user_budget:
+            high = 0.9 if cfg.mode == "structured" else 0.95
+            ctx.log(f"searching the highest sparsity meeting {shown} on {len(ctx.data.validation)} samples")
+        else:
+            high = DEFAULT_SPARSITY
+            ctx.log(
+                f"sparsity {high:g} unless it misses the step's budget ({shown}); then bisecting below it"
+            )
+        best, trace = bisect_sparsity(passes, high=high)
+        info["search"] = {"budget": budget, "user_set": bool(user_budget), "trace": trace}
         if best is None:
             raise PluginError(
-                f"prune: no sparsity down to {trace[-1]['sparsity']:.3f} meets "
-                f"{', '.join(f'{k}={getattr(ctx.tolerance, k)}' for k in budget)} on the validation data; "
+                f"prune: no sparsity down to {trace[-1]['sparsity']:.3f} meets {shown} on the validation data; "
                 "loosen the budget or set prune.sparsity"
             )
         sparsity = best
-        ctx.log(f"search chose sparsity {sparsity:.4f}")
+        if len(trace) > 1:
+            ctx.log(f"search chose sparsity {sparsity:.4f}")
     else:
-        if cfg.sparsity is None and budget and cfg.mode == "nm":
+        if cfg.sparsity is None and user_budget and cfg.mode == "nm":
             ctx.log("mode=nm has a fixed pattern; the budget is verified, not searched")
         sparsity = DEFAULT_SPARSITY if cfg.sparsity is None else cfg.sparsity
     proto, details = build(sparsity)

@@ -37,7 +37,8 @@ class PruneSettings:
     sparsity: float | None = option(
         None,
         "fraction of weights (of channels when structured) to remove; "
-        "default 0.5, or searched when a min_cosine/min_top1 budget is given",
+        "default: 0.5, lowered by bisection while it misses the step's budget; with a budget the user "
+        "sets (-o prune.min_<metric>, --budget), the highest sparsity that meets it",
         minimum=0.0,
         maximum=MAX_SPARSITY,
     )
@@ -66,7 +67,7 @@ class PruneSettings:
         maximum=MAX_SPARSITY,
     )
     skip_first_last: bool = option(True, "spare the first and the last weight layer")
-    overrides: list[str] = option(  # noqa: RUF009 (option() gives a list default a default_factory)
+    overrides: list[str] = option(
         [], "per-layer sparsity by name pattern, e.g. conv1*:0.2,fc:0 (0 spares the layer)"
     )
     sensitivity: bool = option(

@@ -13,6 +13,7 @@ import onnx_graphsurgeon as gs
 from edgeplug.plugin_api import restore_model_fields
 
 from .channels import ChannelGraph, Edit, Layout, constant_values, output_axis
+from .constants import apply_bias_deltas, fold_constant_channels
 from .settings import PruneSettings
 
 
@@ -130,6 +131,9 @@ def prune_channels(
                 "criterion": used if keep < group.size else None,
             }
         )
+    # removed channels that are constant (zero filters, zero BatchNorm scale) live on in the consumers' biases
+    folded = fold_constant_channels(cg, kept)
+    apply_bias_deltas(cg, folded)
     sinks: list[str] = []
     kept_out: dict[str, np.ndarray] = {}
     owned: set[tuple[str, int]] = set()
@@ -157,7 +161,10 @@ def prune_channels(
     del out.graph.value_info[:]
     out = onnx.shape_inference.infer_shapes(out, strict_mode=True)
     pruned = sum(1 for r in rows if r["kept"] < r["channels"])
-    log(f"structured: {pruned} of {len(rows)} channel groups pruned, {len(sinks)} layers lost input channels")
+    log(
+        f"structured: {pruned} of {len(rows)} channel groups pruned, {len(sinks)} layers lost input channels"
+        + (f", constant channels folded into {len(folded)} biases" if folded else "")
+    )
     return StructuredResult(out, sinks, kept_out, rows)
 
 
