@@ -123,6 +123,7 @@ def test_int8_qdq_model(tmp_path: Path, dotprod: bool) -> None:
         assert np.mean(got.argmax(1) == labels[:120]) >= 0.95
 
 
+@pytest.mark.int8
 @pytest.mark.skipif(
     importlib.util.find_spec("edgeplug_quantize") is None or not HAVE_FUSE,
     reason="the quant and fuse plugins are not installed",
@@ -158,7 +159,7 @@ def test_int8_mobilenet_style_grouped_strided(tmp_path: Path, compile_model) -> 
         assert float(np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b)) > 0.999, build
 
 
-@pytest.mark.parametrize("int8", [False, True], ids=["float32", "int8"])
+@pytest.mark.parametrize("int8", [False, pytest.param(True, marks=pytest.mark.int8)], ids=["float32", "int8"])
 def test_plain_scalar_path(tmp_path: Path, compile_model, int8: bool) -> None:
     """-DEDGEPLUG_SCALAR: the same model.c without NEON or compiler vectors still matches onnxruntime."""
     import subprocess

@@ -10,9 +10,11 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner, Result
+from edgeplug import plugins
+from edgeplug.capabilities import chain_views
 from edgeplug.cli import main
 from edgeplug.data import load_data
-from edgeplug.options import split_tolerance
+from edgeplug.tolerance import is_tolerance_key, split_tolerance
 from edgeplug_quantize import plugin as quant_plugin
 from onnx import TensorProto, helper, numpy_helper
 
@@ -42,14 +44,26 @@ def make_ctx(
     data: Path | None,
     chain: tuple[str, ...] = ("quant",),
     workdir: Path | None = None,
+    others: dict[str, dict[str, object]] | None = None,
     **options: object,
 ) -> edgeplug.RunContext:
-    """A RunContext as the pipeline builds it, for calling the plugin's hooks directly."""
+    """A RunContext as the pipeline builds it (capabilities of the chain included; `others` sets options of
+    the other plugins), for calling the plugin's hooks directly; ctx.previous is the model's own outputs."""
     values = {o.name: o.default for o in quant_plugin.plugin_options()}
     values.update(options)
-    opts, tol = split_tolerance(values, [k for k in options if k in ("min_cosine", "min_top1")])
+    opts, tol = split_tolerance(values, [k for k in options if is_tolerance_key(k)])
     dataset = load_data(str(data) if data else None, model)
-    return edgeplug.RunContext("quant", opts, tol, dataset, chain, workdir or Path("."), quiet=True)
+    ctx = edgeplug.RunContext("quant", opts, tol, dataset, chain, workdir or Path("."), quiet=True)
+    pm = plugins.load_plugins()
+    chosen = {}
+    for name in chain:
+        schema = plugins.options_schema(pm, name)
+        chosen[name] = {k: o.default for k, o in schema.items()} | (others or {}).get(name, {})
+    chosen["quant"] = opts
+    ctx.view = chain_views(chain, plugins.chain_capabilities(pm, chain, chosen))["quant"]
+    ctx.original = model
+    ctx.reference = ctx.previous = ctx.evaluate(model)
+    return ctx
 
 
 def gemm_chain(
@@ -135,3 +149,21 @@ def fuse_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+@pytest.fixture
+def fake_timer(monkeypatch: pytest.MonkeyPatch):
+    """Replace auto's timer (timing.timer_for) with a given one; returns the list of timed model paths."""
+    from edgeplug_quantize import timing
+
+    timed: list[Path] = []
+
+    def install(timer):
+        def counting(path, inputs):
+            timed.append(Path(path))
+            return timer(path, inputs)
+
+        monkeypatch.setattr(timing, "timer_for", lambda ctx: counting)
+        return timed
+
+    return install

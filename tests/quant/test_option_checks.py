@@ -1,8 +1,9 @@
-"""Option values checked before any work: counts of at least 1, budgets within range, a writable table."""
+"""Option values checked before any work: counts of at least 1, budgets within range, a writable table, in
+the core's one message format (each option is declared once, with its bounds)."""
 
 from __future__ import annotations
 
-import dataclasses
+import re
 import sys
 from pathlib import Path
 
@@ -27,9 +28,11 @@ def digits() -> edgeplug.Model:
 def test_counts_below_one_are_refused_not_replaced_by_defaults(digits, key, value):
     ctx = make_ctx(digits, DIGITS_TEST, **{key: value})
     with pytest.raises(
-        OptionError, match=rf"quant\.{key} must be an integer of at least 1 \(allowed: 1 or more\)"
+        OptionError, match=rf"bad value {value} for quant\.{key}: expected an integer.*of at least 1"
     ):
         plugin.pre_optimize(digits, ctx)
+    with pytest.raises(OptionError, match=rf"for quant\.{key}: expected an integer.*of at least 1"):
+        edgeplug.optimize(DIGITS, ["quant"], data=DIGITS_TEST, options={"quant": {key: value}})
 
 
 def test_counts_of_one_are_accepted(digits):
@@ -50,38 +53,31 @@ def test_zero_calibration_samples_exits_2_on_the_cli(tmp_path):
         tmp_path / "out",
     )
     assert result.exit_code == 2, result.output
-    assert "quant.calibration_samples must be an integer of at least 1" in result.output
+    assert re.search(r"for quant\.calibration_samples: expected an integer.*of at least 1", result.output)
     assert "calibrating" not in result.output
 
 
 @pytest.mark.parametrize(
     ("key", "value", "allowed"),
     [
-        ("min_top1", 1.5, "between 0 and 1"),
-        ("min_top1", -0.1, "between 0 and 1"),
-        ("min_cosine", 1.01, "between -1 and 1"),
-        ("min_cosine", -2.0, "between -1 and 1"),
-        ("min_cosine", float("nan"), "between -1 and 1"),
-        ("max_abs_error", -1.0, "at least 0"),
+        ("min_top1", 1.5, "from 0 to 1"),
+        ("min_top1", -0.1, "from 0 to 1"),
+        ("min_cosine", 1.01, "from -1 to 1"),
+        ("min_cosine", -2.0, "from -1 to 1"),
+        ("min_cosine", float("nan"), "from -1 to 1"),
+        ("max_abs_error", -1.0, "of at least 0"),
+        ("max_slice_error", -0.5, "of at least 0"),
     ],
 )
-def test_user_budgets_out_of_range_are_refused(digits, key, value, allowed):
-    """The core checks these when it parses options; pre_optimize checks them too (hooks may be called directly)."""
-    ctx = make_ctx(digits, DIGITS_TEST)
-    ctx.tolerance = dataclasses.replace(ctx.tolerance, **{key: value, "user_set": frozenset({key})})
-    with pytest.raises(OptionError, match=rf"for quant\.{key}: expected a number {allowed}"):
-        plugin.pre_optimize(digits, ctx)
+def test_user_budgets_out_of_range_are_refused_by_the_core(key, value, allowed):
+    """Budgets are the core's options: it checks their bounds when it parses them, before any step."""
+    with pytest.raises(OptionError, match=rf"for quant\.{key}: expected a number.*{allowed}"):
+        edgeplug.optimize(DIGITS, ["quant"], data=DIGITS_TEST, options={"quant": {key: value}})
 
 
 def test_user_budgets_at_the_edges_are_accepted(digits):
     plugin.pre_optimize(digits, make_ctx(digits, DIGITS_TEST, min_top1=0.0, min_cosine=-1.0))
     plugin.pre_optimize(digits, make_ctx(digits, DIGITS_TEST, min_top1=1.0, min_cosine=1.0))
-
-
-def test_budgets_the_user_did_not_set_are_not_checked(digits):
-    ctx = make_ctx(digits, DIGITS_TEST)
-    ctx.tolerance = dataclasses.replace(ctx.tolerance, min_top1=2.0, user_set=frozenset())
-    plugin.pre_optimize(digits, ctx)
 
 
 def test_qat_counts_are_checked_before_training(tmp_path):
@@ -90,7 +86,9 @@ def test_qat_counts_are_checked_before_training(tmp_path):
     fake.write_bytes(b"not a keras file")  # never opened: the options are refused first
     opts = {o.name: o.default for o in plugin.plugin_options()} | {"qat_epochs": 0}
     ctx = RunContext("quant", opts, Tolerance(), None, ("quant",), tmp_path, quiet=True)  # type: ignore[arg-type]
-    with pytest.raises(OptionError, match=r"quant\.qat_epochs must be an integer of at least 1"):
+    with pytest.raises(
+        OptionError, match=r"bad value 0 for quant\.qat_epochs: expected an integer.*of at least 1"
+    ):
         plugin.load_model(fake, ctx)
     result = run_cli(
         "run",
@@ -105,7 +103,7 @@ def test_qat_counts_are_checked_before_training(tmp_path):
         tmp_path / "out",
     )
     assert result.exit_code == 2, result.output
-    assert "quant.qat_batch_size must be an integer of at least 1" in result.output
+    assert re.search(r"for quant\.qat_batch_size: expected an integer.*of at least 1", result.output)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")

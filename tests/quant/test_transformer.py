@@ -51,9 +51,11 @@ def test_bert_dynamic_int8_cli(bert, tmp_path):
 
 def test_bert_static_int8_python_api(bert, tmp_path):
     model, data = bert
-    result = edgeplug.optimize(model, ["quant"], data=data, output_dir=tmp_path / "out")
+    result = edgeplug.optimize(
+        model, ["quant"], data=data, output_dir=tmp_path / "out", options={"quant": {"mode": "static"}}
+    )
     step = _step(result.report)
-    assert step["details"]["mode"] == "static"  # real data given: static by default
+    assert step["details"]["mode"] == "static"
     ops = step["details"]["recipe"]["op_counts"]
     assert ops["QuantizeLinear"] >= 20 and ops["DequantizeLinear"] >= 40
     assert step["verification"]["passed"]

@@ -218,6 +218,7 @@ def test_make_runner_only_takes_engines(tmp_path: Path, example_model: Path) -> 
             trt.make_runner(artifact=engine, options={})
 
 
+@pytest.mark.int8
 @needs_no_tensorrt
 @pytest.mark.skipif(not load_plugins().has_plugin("quant"), reason="the quant plugin is not installed")
 def test_quant_then_trt_int8_chain(tmp_path: Path, example_model: Path, example_test_data: Path) -> None:

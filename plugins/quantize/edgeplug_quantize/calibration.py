@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from edgeplug import DataError, OptionError
+from edgeplug.plugin_api import DataError, OptionError
 from onnxruntime.quantization import CalibrationDataReader
 
 Sample = dict[str, np.ndarray]
@@ -93,7 +93,8 @@ def tensor_names(proto: onnx.ModelProto) -> set[str]:
 
 def check_table(path: Path, proto: onnx.ModelProto, method: str) -> int:
     """Validate a reused calibration table (onnxruntime's JSON cache) against the prepared model:
-    every tensor it names must exist, every range must be finite, the method must match."""
+    every tensor it names must exist and have a range, the method must match. Non-finite ranges (a -inf
+    attention mask) are accepted: those tensors are kept in float."""
     try:
         raw = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -119,9 +120,34 @@ def check_table(path: Path, proto: onnx.ModelProto, method: str) -> int:
         )
     for name, entry in data.items():
         values = _numbers(entry)
-        if not values or not np.all(np.isfinite(values)):
-            raise DataError(f"quant: calibration table {path}: tensor {name} has no finite range; delete it")
+        if not values or np.isnan(values).any():
+            raise DataError(f"quant: calibration table {path}: tensor {name} has no range; delete it")
     return len(data)
+
+
+def table_ranges(path: Path) -> dict[str, tuple[float, float]]:
+    """{tensor: (lowest, highest)} of an onnxruntime calibration table (JSON)."""
+    raw = json.loads(Path(path).read_text())
+    ranges: dict[str, tuple[float, float]] = {}
+    for name, entry in (raw.get("data") or {}).items():
+        if isinstance(entry, dict) and "lowest" in entry and "highest" in entry:
+            low, high = _numbers(entry["lowest"]), _numbers(entry["highest"])
+        else:
+            values = _numbers(entry)
+            low, high = values[:1], values[-1:]
+        if low and high:
+            ranges[name] = (float(min(low)), float(max(high)))
+    return ranges
+
+
+def unusable_ranges(ranges: dict[str, tuple[float, float]]) -> dict[str, str]:
+    """Tensors whose calibrated range cannot give an int8 scale: not finite (NaN/inf scale and zero point,
+    onnxruntime's RuntimeWarning in quant_utils). Each with the reason, in words."""
+    return {
+        name: f"calibrated range {low:.3g} to {high:.3g} is not finite"
+        for name, (low, high) in ranges.items()
+        if not (np.isfinite(low) and np.isfinite(high))
+    }
 
 
 def check_table_target(path: Path) -> None:

@@ -1,12 +1,14 @@
-"""Choose INT8 types that are fast and accurate on this CPU and fit the plugins after `quant`."""
+"""Choose INT8 types that are fast and accurate on this CPU and fit the target of the chain (capabilities)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-SYMMETRIC_TARGETS = ("trt", "neon")
+from edgeplug.plugin_api import SYMMETRIC_INT8
+
+X86 = ("x86_64", "amd64", "i686", "x86")
 
 
 @dataclass(frozen=True)
@@ -33,17 +35,23 @@ class TypeChoice:
         }
 
 
-def choose_types(options: Mapping[str, Any], cpu: Mapping[str, Any], following: Sequence[str]) -> TypeChoice:
-    """The user's explicit settings win; the rest follow the chain (trt/neon) and then the CPU."""
-    targets = [p for p in following if p in SYMMETRIC_TARGETS]
+def needs_reduce_range(cpu: Mapping[str, Any]) -> bool:
+    """x86 without VNNI sums u8*s8 pairs into saturating 16-bit lanes (vpmaddubsw): 7-bit weights avoid it."""
+    return cpu.get("machine", "") in X86 and not cpu.get("vnni")
+
+
+def choose_types(
+    options: Mapping[str, Any], cpu: Mapping[str, Any], target: Iterable[str] = ()
+) -> TypeChoice:
+    """The user's explicit settings win; the rest follow the target's needs and then the CPU."""
     reasons: list[str] = []
-    if targets:
+    symmetric_target = SYMMETRIC_INT8 in set(target)
+    if symmetric_target:
         act, wgt, reduce, sym = "s8", "s8", False, True
         reasons.append(
-            f"{' and '.join(targets)} follows: symmetric s8 activations and weights with zero point 0 "
-            "(TensorRT accepts only symmetric INT8 QDQ; ARM sdot kernels want s8*s8)"
+            "the target wants symmetric int8 (symmetric-int8): s8 activations and weights with zero point 0"
         )
-    elif cpu.get("machine", "") in ("x86_64", "amd64", "i686", "x86") and cpu.get("vnni"):
+    elif cpu.get("machine", "") in X86 and cpu.get("vnni"):
         act, wgt, reduce, sym = "u8", "s8", False, False
         reasons.append(
             "x86 with VNNI ("
@@ -51,7 +59,7 @@ def choose_types(options: Mapping[str, Any], cpu: Mapping[str, Any], following: 
             + "): u8 activations with s8 per-channel weights run on the u8*s8 dot-product kernels; "
             "no range reduction needed"
         )
-    elif cpu.get("machine", "") in ("x86_64", "amd64", "i686", "x86"):
+    elif needs_reduce_range(cpu):
         act, wgt, reduce, sym = "u8", "s8", True, False
         reasons.append(
             "x86 without VNNI: u8*s8 products are summed in pairs into saturating 16-bit lanes "
@@ -65,25 +73,25 @@ def choose_types(options: Mapping[str, Any], cpu: Mapping[str, Any], following: 
         reasons.append("CPU without int8 dot products: s8 activations and weights (onnxruntime's ARM advice)")
 
     auto: list[str] = []
-    chosen = {
+    chosen: dict[str, Any] = {
         "activation_type": act,
         "weight_type": wgt,
         "reduce_range": reduce,
         "symmetric": sym,
         "per_channel": True,
     }
-    for key, value in chosen.items():
+    for key, value in list(chosen.items()):
         given = options.get(key)
         if given is None:
             auto.append(key)
         elif given != value:
             chosen[key] = given
             reasons.append(
-                f"{key}={_show(given)} as given by the user (this CPU/chain suggests {_show(value)})"
+                f"{key}={_show(given)} as given by the user (this CPU/target suggests {_show(value)})"
             )
-    if targets and chosen["activation_type"] == "u8" and chosen["symmetric"]:
+    if symmetric_target and chosen["activation_type"] == "u8" and chosen["symmetric"]:
         reasons.append(
-            "warning: u8 activations cannot have zero point 0 with symmetric ranges; s8 suits trt/neon"
+            "warning: u8 activations cannot have zero point 0 with symmetric ranges; s8 suits this target"
         )
     return TypeChoice(
         chosen["activation_type"],

@@ -1,25 +1,26 @@
-"""Accuracy-budgeted mixed precision: rank each compute node by how much keeping it alone in float
-helps, then keep the fewest nodes in float (greedy prefix, then backward elimination) that meet the budget."""
+"""Per-node sensitivity search, the last step of a repair: rank each compute node by how much keeping it
+alone in float helps, then keep the fewest nodes in float (shortest passing prefix of the ranking, then
+backward elimination) that meet the budget, judged exactly as the core will judge the step."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import onnx
-from edgeplug import Model, OptionError, PluginError, RunContext
-from edgeplug.verify import outputs_of
+from edgeplug.plugin_api import RunContext, Verdict
 
-from .budget import Budget
 from .calibration import Sample
-from .ptq import Recipe, candidates, quantize
+from .judging import Judge, describe, metric_values, rank_key, shortfall
+from .ptq import Recipe, compute_nodes, quantize
 
 
 @dataclass
 class SearchResult:
     proto: onnx.ModelProto
+    verdict: Verdict
     kept_float: list[str]
     quantizable: int
     plain: dict[str, Any]
@@ -27,121 +28,125 @@ class SearchResult:
     table: list[dict[str, Any]] = field(default_factory=list)
     evaluations: int = 0
 
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "quantizable_nodes": self.quantizable,
+            "kept_float": self.kept_float,
+            "kept_float_fraction": round(len(self.kept_float) / max(self.quantizable, 1), 4),
+            "plain": self.plain,
+            "final": self.final,
+            "evaluations": self.evaluations,
+            "sensitivity": self.table,
+        }
 
-def _short(result: dict[str, Any]) -> dict[str, Any]:
-    keep = ("cosine", "top1", "metric", "max_abs_error", "loss")
-    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.items() if k in keep}
+
+def _short(verdict: Verdict) -> dict[str, Any]:
+    return {**metric_values(verdict), "passed": verdict.passed, "shortfall": round(shortfall(verdict), 6)}
 
 
 class Search:
-    """One mixed-precision search over a prepared float model."""
+    """One sensitivity search over a prepared float model, starting from `recipe` (its exclusions stay)."""
 
     def __init__(
         self,
         proto: onnx.ModelProto,
         recipe: Recipe,
         calibration: Sequence[Sample],
-        validation: Sequence[Sample],
-        labels: np.ndarray | None,
-        budget: Budget,
+        judge: Judge,
         ctx: RunContext,
         sensitivity_samples: int = 64,
+        deadline: float | None = None,
     ) -> None:
         self.proto, self.recipe, self.calibration = proto, recipe, calibration
-        self.validation, self.labels, self.budget, self.ctx = validation, labels, budget, ctx
-        if sensitivity_samples < 1:
-            raise OptionError(f"quant.sensitivity_samples must be at least 1, got {sensitivity_samples}")
-        count = min(sensitivity_samples, len(validation))
-        self.subset = list(validation[:count])
-        self.subset_labels = None if labels is None else labels[: count * _batch(validation)]
-        self.reference = self._run(proto, validation)
-        self.subset_reference = self._run(proto, self.subset)
+        self.judge, self.ctx, self.deadline = judge, ctx, deadline
+        self.count = sensitivity_samples
         self.evaluations = 0
-        self._cache: dict[frozenset[str], tuple[onnx.ModelProto, dict[str, Any]]] = {}
+        self._cache: dict[tuple[frozenset[str], bool], tuple[onnx.ModelProto, Verdict]] = {}
 
-    def _run(self, proto: onnx.ModelProto, samples: Sequence[Sample]) -> dict[str, np.ndarray]:
-        return outputs_of(Model(proto), samples, self.ctx.threads)
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
 
-    def evaluate(self, kept: Sequence[str], full: bool = True) -> tuple[onnx.ModelProto, dict[str, Any]]:
-        """Quantize with `kept` in float and score it (on all validation samples, or the subset)."""
-        key = frozenset(kept) | ({"<subset>"} if not full else set())
-        if key in self._cache:
-            return self._cache[key]
-        proto = quantize(self.proto, self.recipe.excluding(kept), self.calibration)
-        samples, ref, labels = (
-            (self.validation, self.reference, self.labels)
-            if full
-            else (self.subset, self.subset_reference, self.subset_labels)
-        )
-        result = self.budget.evaluate(ref, self._run(proto, samples), labels)
-        self.evaluations += 1
-        self._cache[key] = (proto, result)
-        return proto, result
+    def evaluate(self, kept: Sequence[str], full: bool = True) -> tuple[onnx.ModelProto, Verdict]:
+        """Quantize with `kept` in float and judge it (all validation samples, or the ranking subset)."""
+        key = (frozenset(kept), full)
+        if key not in self._cache:
+            proto = quantize(self.proto, self.recipe.excluding(kept), self.calibration)
+            verdict = self.judge.full(proto) if full else self.judge.subset(proto, self.count)
+            self.evaluations += 1
+            self._cache[key] = (proto, verdict)
+        return self._cache[key]
 
-    def run(self) -> SearchResult:
-        nodes = candidates(self.proto, self.recipe)
-        plain_proto, plain = self.evaluate([])
-        self.ctx.log(f"mixed precision: plain {self.recipe.mode} INT8 scores {_describe(plain)}")
-        if not plain["failures"]:
-            self.ctx.log(
-                "mixed precision: plain quantization already meets the budget; nothing kept in float"
-            )
-            return SearchResult(
-                plain_proto, [], len(nodes), _short(plain), _short(plain), [], self.evaluations
-            )
+    def run(self, start: tuple[onnx.ModelProto, Verdict] | None = None) -> SearchResult | None:
+        """The smallest float set meeting the budget, or None when even every compute node in float misses
+        it (or the time budget ran out first)."""
+        nodes = compute_nodes(self.proto, self.recipe)
+        plain_proto, plain = start or self.evaluate([])
+        self._cache[(frozenset(), True)] = (plain_proto, plain)
+        if plain.passed:
+            return SearchResult(plain_proto, plain, [], len(nodes), _short(plain), _short(plain))
+        if not nodes:
+            self.ctx.log("sensitivity search: no compute node left to keep in float")
+            return None
         table = self.sensitivity(nodes)
+        if table is None:
+            return None
         order = [row["node"] for row in table]
         kept = self.smallest_prefix(order)
+        if kept is None:
+            return None
         kept = self.eliminate(kept)
         proto, final = self.evaluate(kept)
         for row in table:
             row["kept_float"] = row["node"] in kept
         self.ctx.log(
-            f"mixed precision: kept {len(kept)} of {len(nodes)} compute nodes in float "
-            f"({', '.join(kept)}); {_describe(final)}"
+            f"sensitivity search: kept {len(kept)} of {len(nodes)} compute nodes in float "
+            f"({', '.join(kept)}); {describe(final)}"
         )
-        return SearchResult(proto, kept, len(nodes), _short(plain), _short(final), table, self.evaluations)
+        return SearchResult(
+            proto, final, kept, len(nodes), _short(plain), _short(final), table, self.evaluations
+        )
 
-    def sensitivity(self, nodes: Sequence[onnx.NodeProto]) -> list[dict[str, Any]]:
-        """For each compute node, the error at the outputs when it alone stays in float."""
-        _, base = self.evaluate([], full=False)
+    def sensitivity(self, nodes: Sequence[onnx.NodeProto]) -> list[dict[str, Any]] | None:
+        """For each compute node, the verdict on the ranking subset when it alone stays in float."""
         rows = []
         for node in self.ctx.progress(nodes, "sensitivity", total=len(nodes)):
-            _, result = self.evaluate([node.name], full=False)
+            if self.out_of_time():
+                self.ctx.log("sensitivity search: time budget spent while ranking nodes")
+                return None
+            _, verdict = self.evaluate([node.name], full=False)
             rows.append(
                 {
                     "node": node.name,
                     "op_type": node.op_type,
-                    **_short(result),
-                    "loss_reduction": round(base["loss"] - result["loss"], 6),
+                    **_short(verdict),
+                    "_key": rank_key(verdict),
                 }
             )
-        rows.sort(key=lambda r: r["loss"])
+        rows.sort(key=lambda r: r.pop("_key"))
         for rank, row in enumerate(rows, 1):
             row["rank"] = rank
         return rows
 
     def _passes(self, kept: Sequence[str]) -> bool:
-        return not self.evaluate(kept)[1]["failures"]
+        return self.evaluate(kept)[1].passed
 
-    def smallest_prefix(self, order: Sequence[str]) -> list[str]:
+    def smallest_prefix(self, order: Sequence[str]) -> list[str] | None:
         """The shortest prefix of the ranking meeting the budget: doubling, then bisection."""
-        if not order:
-            raise PluginError(
-                "quant: the budget is not met and this model has no compute node to keep in float"
-            )
         hi = 1
         while hi < len(order) and not self._passes(order[:hi]):
-            self.ctx.log(f"mixed precision: {hi} node(s) in float are not enough")
+            if self.out_of_time():
+                return None
+            self.ctx.log(f"sensitivity search: {hi} node(s) in float are not enough")
             hi = min(2 * hi, len(order))
         if not self._passes(order[:hi]):
-            _, result = self.evaluate(order)
-            raise PluginError(
-                f"quant: even with all {len(order)} compute nodes in float the budget is missed "
-                f"({'; '.join(result['failures'])}); loosen the budget or use -o quant.mode=fp16"
+            _, verdict = self.evaluate(order)
+            self.ctx.log(
+                f"sensitivity search: even with all {len(order)} compute nodes in float the budget is missed "
+                f"({describe(verdict)})"
             )
-        lo = hi // 2  # order[:lo] failed (or lo == 0, untested: plain failed)
-        while hi - lo > 1:
+            return None
+        lo = hi // 2  # order[:lo] failed (or lo == 0: plain failed)
+        while hi - lo > 1 and not self.out_of_time():
             mid = (lo + hi) // 2
             if self._passes(order[:mid]):
                 hi = mid
@@ -152,24 +157,9 @@ class Search:
     def eliminate(self, kept: list[str]) -> list[str]:
         """Drop nodes from the float set, least important first, while the budget still holds."""
         for node in reversed(list(kept)):
-            if len(kept) == 1:
+            if len(kept) == 1 or self.out_of_time():
                 break
             trial = [n for n in kept if n != node]
             if self._passes(trial):
                 kept = trial
         return kept
-
-
-def _batch(samples: Sequence[Sample]) -> int:
-    first = next(iter(samples[0].values())) if samples else None
-    return int(first.shape[0]) if first is not None and np.ndim(first) else 1
-
-
-def _describe(result: dict[str, Any]) -> str:
-    parts = [f"cosine {result['cosine']:.5f}"]
-    if result.get("top1") is not None:
-        parts.append(f"top-1 agreement {result['top1']:.4f}")
-    if result.get("metric") is not None:
-        parts.append(f"metric {result['metric']:.5g}")
-    verdict = "within budget" if not result["failures"] else "misses: " + "; ".join(result["failures"])
-    return ", ".join(parts) + f" ({verdict})"

@@ -1,51 +1,54 @@
-"""The `quant` plugin's hooks: options, Keras QAT loading, checks before the chain, and quantization."""
+"""The `quant` plugin's hooks: options, capabilities, Keras QAT loading, checks before the chain, and
+quantization (auto: the recipes that fit, verified, timed and repaired; or one recipe as asked)."""
 
 from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import onnx
-from edgeplug import Capabilities, Model, Option, OptionError, PluginError, RunContext, hookimpl
-from edgeplug.capabilities import DYNAMIC_INT8, FP16, QDQ_INT8
-from edgeplug.cpu import cpu_info
-from edgeplug.model import get_metadata, set_metadata
+from edgeplug.plugin_api import (
+    DYNAMIC_INT8,
+    FP16,
+    QDQ_INT8,
+    Capabilities,
+    Model,
+    Option,
+    PluginError,
+    RunContext,
+    cpu_info,
+    get_metadata,
+    hookimpl,
+    is_keras_path,
+    op_histogram,
+    set_metadata,
+)
 
-from .budget import Budget, load_metric
+from . import timing
 from .calibration import check_samples, check_table, check_table_target, strided
 from .cpu_fit import choose_types
 from .int8_weights import pack_qat_weights
-from .mixed_precision import Search, SearchResult
-from .options import OPTIONS, QAT_KEYS, check_counts, check_tolerance
+from .judging import Judge
+from .options import OPTIONS, QAT_KEYS, TYPE_KEYS, check_counts, time_budget
 from .prepare import prepare
-from .ptq import Recipe, candidates, dynamic_ops_for, quantize, resolve_exclusions
+from .ptq import Recipe, compute_nodes, resolve_exclusions
+from .recipes import Facts, alternatives, plan, table_path
+from .selection import QUANTIZED_OPS, Outcome, Selection
 
-KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
-QUANTIZED_OPS = {
-    "QuantizeLinear",
-    "DequantizeLinear",
-    "DynamicQuantizeLinear",
-    "QLinearConv",
-    "QLinearMatMul",
-    "MatMulInteger",
-    "ConvInteger",
-    "DynamicQuantizeMatMul",
-    "QAttention",
-    "DynamicQuantizeLSTM",
-}
-SEARCH_KEYS = ("min_cosine", "min_top1", "max_abs_error")
 METADATA_KEY = "edgeplug.quant"
+FORMS_OF_MODE = {"static": QDQ_INT8, "dynamic": DYNAMIC_INT8, "fp16": FP16}
 
 
 @hookimpl
 def plugin_capabilities(options: dict[str, Any], downstream: frozenset[str]) -> Capabilities:
-    """What quant emits: the mode asked for, else the forms every later plugin consumes (int8 Q/DQ first)."""
-    forms = {"static": {QDQ_INT8}, "dynamic": {DYNAMIC_INT8}, "fp16": {FP16}}
-    mode = options.get("mode")
-    produces = forms[mode] if mode in forms else {QDQ_INT8, DYNAMIC_INT8, FP16} & downstream
-    return Capabilities(produces=frozenset(produces))
+    """What quant emits: the mode asked for, or under auto every form that all later plugins consume."""
+    mode = options.get("mode") or "auto"
+    if mode in FORMS_OF_MODE:
+        return Capabilities(produces=frozenset({FORMS_OF_MODE[mode]}))
+    return Capabilities(produces=frozenset({QDQ_INT8, DYNAMIC_INT8, FP16}) & downstream)
 
 
 @hookimpl
@@ -56,8 +59,7 @@ def plugin_options() -> list[Option]:
 @hookimpl
 def load_model(path: Path, ctx: RunContext) -> Model | None:
     """A tf_keras model (.h5, .keras, SavedModel folder): quantization-aware training, then ONNX."""
-    is_keras = path.suffix.lower() in KERAS_SUFFIXES or (path.is_dir() and (path / "saved_model.pb").exists())
-    if not is_keras:
+    if not is_keras_path(path):
         return None
     check_counts(ctx.options, QAT_KEYS)  # before training, which runs ahead of pre_optimize
     from .qat import train_and_export
@@ -69,17 +71,16 @@ def load_model(path: Path, ctx: RunContext) -> Model | None:
 def pre_optimize(model: Model, ctx: RunContext) -> None:
     """Refuse bad option values and combinations and mismatched data before any step runs."""
     check_counts(ctx.options)
-    check_tolerance(ctx.tolerance)
+    ctx.state["time_budget_s"] = time_budget(ctx.options)
     if already_quantized(model.proto):
         return
-    mode = resolve_mode(ctx)[0]
+    mode = ctx.options.get("mode") or "auto"
     check_chain(mode, ctx)
-    budget_of(ctx)
     resolve_exclusions(ctx.options.get("exclude") or [], model.proto)
-    if mode == "static":
-        table = ctx.options.get("calibration_table")
-        if table:
-            check_table_target(Path(table))
+    table = ctx.options.get("calibration_table")
+    if table and mode in ("auto", "static"):
+        check_table_target(Path(table))
+    if mode == "static" or (mode == "auto" and _static_data(ctx)):
         check_samples(ctx.data.calibration, model.proto, "calibration")
 
 
@@ -92,17 +93,11 @@ def transform_graph(model: Model, ctx: RunContext) -> Model | None:
         ctx.log("the model is already quantized; nothing to do")
         return None
     opts = ctx.options
-    mode, why = resolve_mode(ctx)
+    mode = opts.get("mode") or "auto"
     check_chain(mode, ctx)
+    budget_s = ctx.state["time_budget_s"] if "time_budget_s" in ctx.state else time_budget(opts)
+    deadline = None if budget_s is None else time.monotonic() + budget_s
     ctx.record("mode", mode)
-    ctx.record("mode_reason", why)
-    ctx.log(f"mode {mode} ({why})")
-    if mode == "dynamic" and any(n.op_type == "Conv" for n in model.proto.graph.node):
-        ctx.log(
-            "warning: dynamic INT8 convolutions (ConvInteger) run slower than float on onnxruntime's CPU "
-            "kernels (ResNet-50 here: 5x slower); pass --data for static INT8"
-        )
-    budget = budget_of(ctx)
 
     prepared = prepare(model.proto)
     for note in prepared.notes:
@@ -111,52 +106,133 @@ def transform_graph(model: Model, ctx: RunContext) -> Model | None:
     batchnorm_hint(prepared.batchnorm_before, prepared.batchnorm_after, ctx)
 
     names, types = exclusions(model.proto, prepared.proto, ctx)
-    with tempfile.TemporaryDirectory(prefix="edgeplug-quant-table-") as tmp:
-        recipe = build_recipe(mode, prepared.proto, ctx, names, types, Path(tmp) / "calibration.json")
-        calibration = calibration_samples(mode, recipe, prepared.proto, ctx)
-        if budget is not None:
-            result = Search(
-                prepared.proto,
-                recipe,
-                calibration,
-                ctx.data.validation,
-                ctx.data.validation_labels,
-                budget,
-                ctx,
-                opts["sensitivity_samples"],
-            ).run()
-            proto = result.proto
-            ctx.record("mixed_precision", search_record(result, budget))
-            recipe = recipe.excluding(result.kept_float)
-        else:
-            proto = quantize(prepared.proto, recipe, calibration)
-        if mode != "fp16" and not already_quantized(proto):
-            return nothing_quantized(recipe, ctx)
-        save_table(recipe, opts, ctx)
+    choice = choose_types(opts, cpu_info(), ctx.target)
+    ctx.record("types", choice.as_dict())
+    facts = Facts(
+        mode=mode,
+        options={k: opts.get(k) for k in (*TYPE_KEYS, "calibration")},
+        types=choice,
+        cpu=cpu_info(),
+        downstream=ctx.downstream,
+        target=ctx.target,
+        static_data=_static_data(ctx),
+        exclude_nodes=names,
+        exclude_types=types,
+    )
+    with tempfile.TemporaryDirectory(prefix="edgeplug-quant-") as tmp:
+        scratch = Path(tmp)
+        user_table = opts.get("calibration_table")
+        primary = opts.get("calibration") or "minmax"
+        table_for = table_path(scratch, Path(user_table) if user_table else None, primary)
+        candidates = plan(prepared.proto, facts, table_for)
+        for note in candidates.notes:
+            ctx.log(note)
+        if candidates.skipped:
+            ctx.record("not_candidates", candidates.skipped)
+        recipes = candidates.recipes
+        ctx.record("profile", candidates.profile)
+        if not recipes:
+            why = "no int8 recipe fits this model and chain: " + "; ".join(
+                f"{s['recipe']}: {s['why']}" for s in candidates.skipped
+            )
+            ctx.record("skipped", why)
+            ctx.log(f"{why}; step not applied")
+            return None
+        why = mode_reason(mode, recipes, ctx)
+        ctx.record("mode_reason", why)
+        ctx.log(f"mode {mode} ({why})")
+        warn_dynamic_conv(mode, model.proto, ctx)
+        calibration = calibration_samples(recipes, prepared.proto, ctx)
+        timed = mode == "auto" and len(recipes) > 1 and not ctx.qdq_as_float
+        if ctx.qdq_as_float and mode == "auto":
+            ctx.log("not timing Q/DQ candidates on this CPU: the target computes int8 exactly")
+        selection = Selection(
+            proto=prepared.proto,
+            received=model.proto,
+            recipes=recipes,
+            fp16=candidates.fp16,
+            alternatives=lambda r: alternatives(r, facts, table_for),
+            calibration=calibration,
+            judge=Judge(ctx, model),
+            ctx=ctx,
+            scratch=scratch,
+            timer=timing.timer_for(ctx) if timed else None,
+            repair=bool(opts.get("repair", True)),
+            deadline=deadline,
+            sensitivity_samples=opts["sensitivity_samples"],
+        )
+        outcome = selection.run()
+        record_outcome(outcome, ctx, timed)
+        chosen = outcome.chosen
+        if chosen is None or chosen.proto is None:
+            return nothing_quantized(outcome, ctx)
+        save_table(chosen.recipe, opts, ctx)
+        proto = chosen.proto
 
-    if mode == "dynamic":
-        # Inferred value_info left in a dynamically quantized model slows onnxruntime down: on BERT-base at
-        # 1 thread, 45.2 ms with it and 33.5 ms without (benchmarks/perf_table.py); onnxruntime re-infers.
-        del proto.graph.value_info[:]
-    summary = recipe.summary()
-    summary["compute_nodes"] = len(candidates(prepared.proto, Recipe(mode)))
-    summary["op_counts"] = quantized_op_counts(proto)
+    summary = chosen.recipe.summary()
+    summary["compute_nodes"] = len(compute_nodes(prepared.proto, Recipe(chosen.recipe.mode)))
+    summary["op_counts"] = op_histogram(proto)
     ctx.record("recipe", summary)
-    set_metadata(proto, METADATA_KEY, json.dumps({k: summary[k] for k in ("mode", "excluded_nodes")}))
+    set_metadata(proto, METADATA_KEY, json.dumps({"mode": chosen.recipe.mode, "recipe": chosen.recipe.label}))
     return model.replace(proto)
 
 
-def nothing_quantized(recipe: Recipe, ctx: RunContext) -> None:
-    """Not applicable: the quantizer left every node in float (e.g. every compute op type excluded)."""
+def _static_data(ctx: RunContext) -> bool:
+    return ctx.data is not None and ctx.data.source in ("file", "random")
+
+
+def mode_reason(mode: str, recipes: list[Recipe], ctx: RunContext) -> str:
+    if mode != "auto":
+        return "as given"
+    kinds = sorted({r.mode for r in recipes})
+    if not recipes:
+        return "no int8 recipe fits this model and chain"
+    where = "on this CPU" if not ctx.qdq_as_float else "for the exact int8 target"
+    return f"{len(recipes)} candidate recipe(s) ({', '.join(kinds)}) verified and compared {where}"
+
+
+def warn_dynamic_conv(mode: str, proto: onnx.ModelProto, ctx: RunContext) -> None:
+    if mode == "dynamic" and any(n.op_type == "Conv" for n in proto.graph.node):
+        ctx.log(
+            "warning: dynamic INT8 convolutions (ConvInteger) run slower than float on onnxruntime's CPU "
+            "kernels (ResNet-50 here: 5x slower); pass --data for static INT8"
+        )
+
+
+def record_outcome(outcome: Outcome, ctx: RunContext, timed: bool) -> None:
+    rows = [v.row() for v in outcome.variants]
+    ctx.record("candidates", rows)
+    if outcome.float_latency_ms is not None:
+        ctx.record("float_latency_ms", round(outcome.float_latency_ms, 3))
+    if not timed and ctx.qdq_as_float:
+        ctx.record("timing", "not timed: Q/DQ runs on the exact int8 target, not on this CPU")
+    if outcome.notes:
+        ctx.record("notes", outcome.notes)
+    if outcome.repairs:
+        ctx.record("repair", outcome.repairs)
+    if outcome.search is not None:
+        ctx.record("mixed_precision", outcome.search)
+    chosen = outcome.chosen
+    if chosen is not None:
+        ctx.record("chosen", {"recipe": chosen.label, "origin": chosen.origin, "status": chosen.status})
+        ctx.log(f"kept {chosen.label} ({chosen.origin}): {chosen.why}")
+    if len(rows) > 1:
+        for row in rows:
+            latency = "-" if row["latency_ms"] is None else f"{row['latency_ms']:.2f} ms"
+            ctx.log(f"  {row['recipe']:<48} {row['origin']:<18} {latency:>10}  {row['status']}")
+
+
+def nothing_quantized(outcome: Outcome, ctx: RunContext) -> None:
+    """Not applicable: no recipe quantized anything (e.g. every compute op type excluded)."""
     excluded = ",".join(ctx.options.get("exclude") or [])
     cause = (
         f"-o quant.exclude={excluded} leaves no node that onnxruntime quantizes"
         if excluded
         else "onnxruntime found no node of this model to quantize"
     )
-    why = f"no node was quantized ({recipe.mode} INT8): {cause}"
+    kinds = "/".join(sorted({v.recipe.mode for v in outcome.variants})) or "int8"
+    why = f"no node was quantized ({kinds} INT8): {cause}"
     ctx.record("skipped", why)
-    ctx.record("recipe", recipe.summary())
     ctx.log(f"{why}; step not applied")
     return None
 
@@ -173,7 +249,7 @@ def pack_qat(model: Model, ctx: RunContext) -> Model | None:
         f"quantization-aware trained model: stored {len(packed)} weight tensor(s) as INT8 "
         "(per-channel scales recovered from tfmot's grid)"
     )
-    ctx.record("recipe", {"mode": "qat", "op_counts": quantized_op_counts(proto)})
+    ctx.record("recipe", {"mode": "qat", "op_counts": op_histogram(proto)})
     return model.replace(proto)
 
 
@@ -190,155 +266,69 @@ def exclusions(
     return tuple(dict.fromkeys([n for n in names if n in present] + by_type)), types
 
 
-def search_record(result: SearchResult, budget: Budget) -> dict[str, Any]:
-    extra = {"metric": budget.metric_name, "min_metric": budget.min_metric} if budget.metric else {}
-    return {
-        "budget": {**budget.tolerance.as_dict(), **extra},
-        "quantizable_nodes": result.quantizable,
-        "kept_float": result.kept_float,
-        "kept_float_fraction": round(len(result.kept_float) / max(result.quantizable, 1), 4),
-        "plain": result.plain,
-        "final": result.final,
-        "evaluations": result.evaluations,
-        "sensitivity": result.table,
-    }
-
-
 # -- decisions --------------------------------------------------------------------------------------
-def resolve_mode(ctx: RunContext) -> tuple[str, str]:
-    mode = ctx.options.get("mode")
-    if mode:
-        return mode, "as given"
-    if ctx.data is not None and ctx.data.source == "file":
-        return "static", "real calibration data given"
-    if ctx.data is not None and ctx.data.source == "random":
-        return "static", "--data random: calibrated on random inputs, as asked"
-    return "dynamic", "no real calibration data (pass --data FILE.npz for static INT8)"
-
-
 def check_chain(mode: str, ctx: RunContext) -> None:
-    if "trt" in ctx.following and mode == "dynamic":
+    """An explicit mode must emit a form every later plugin consumes (capabilities, not names)."""
+    form = FORMS_OF_MODE.get(mode)
+    if form is not None and form not in ctx.downstream:
+        allowed = [m for m, f in FORMS_OF_MODE.items() if f in ctx.downstream]
         raise PluginError(
-            "quant: TensorRT (trt) needs static QDQ INT8, not dynamic quantization; pass --data "
-            "FILE.npz for calibration and -o quant.mode=static (or fp16)"
+            f"quant: mode={mode} emits {form}, which a later plugin does not consume; use "
+            + (" or ".join(f"-o quant.mode={m}" for m in ["auto", *allowed]))
         )
 
 
-def budget_of(ctx: RunContext) -> Budget | None:
-    """The search budget when the user set one (a tolerance or a metric), else None (verify only)."""
-    opts = ctx.options
-    metric_spec, min_metric = opts.get("metric"), opts.get("min_metric")
-    if (metric_spec is None) != (min_metric is None):
-        raise OptionError(
-            "quant.metric and quant.min_metric go together: give the function and its threshold"
-        )
-    user = set(ctx.tolerance.user_set) & set(SEARCH_KEYS)
-    if not user and metric_spec is None:
-        return None
-    metric = (metric_spec if callable(metric_spec) else load_metric(metric_spec)) if metric_spec else None
-    name = (
-        metric_spec
-        if isinstance(metric_spec, str)
-        else getattr(metric_spec, "__qualname__", repr(metric_spec))
-    )
-    return Budget(ctx.tolerance, metric, min_metric, name)
-
-
-def build_recipe(
-    mode: str,
-    proto: onnx.ModelProto,
-    ctx: RunContext,
-    names: tuple[str, ...],
-    types: tuple[str, ...],
-    scratch_table: Path,
-) -> Recipe:
-    opts = ctx.options
-    table = opts.get("calibration_table")
-    if mode == "fp16":
-        return Recipe("fp16", exclude_nodes=names, exclude_types=types)
-    choice = choose_types(opts, cpu_info(), ctx.following)
-    for reason in choice.reasons:
-        ctx.log(reason)
-    ctx.record("types", choice.as_dict())
-    if mode == "dynamic":
-        ops, note = dynamic_ops_for(proto)
-        if note:
-            ctx.log(note)
-            ctx.record("dynamic_note", note)
-        return Recipe(
-            "dynamic",
-            per_channel=choice.per_channel,
-            weight_type=choice.weight_type,
-            reduce_range=choice.reduce_range,
-            exclude_nodes=names,
-            exclude_types=types,
-            dynamic_ops=ops,
-        )
-    use_table = Path(table) if table and Path(table).exists() else scratch_table
-    # TensorRT's ONNX parser takes INT8 Q/DQ only, not the INT32 DequantizeLinear of quantized biases
-    extra = {"QuantizeBias": False} if "trt" in ctx.following else {}
-    return Recipe(
-        "static",
-        per_channel=choice.per_channel,
-        calibration=opts.get("calibration") or "minmax",
-        activation_type=choice.activation_type,
-        weight_type=choice.weight_type,
-        reduce_range=choice.reduce_range,
-        symmetric=choice.symmetric,
-        exclude_nodes=names,
-        exclude_types=types,
-        table=use_table,
-        extra=extra,
-    )
-
-
-def calibration_samples(mode: str, recipe: Recipe, proto: onnx.ModelProto, ctx: RunContext) -> list[dict]:
-    """The calibration samples (none when a valid calibration table is reused)."""
-    if mode != "static":
+def calibration_samples(recipes: list[Recipe], proto: onnx.ModelProto, ctx: RunContext) -> list[dict]:
+    """The calibration samples static recipes need (none when only reused calibration tables are used)."""
+    static = [r for r in recipes if r.mode == "static"]
+    if not static:
         return []
-    assert recipe.table is not None
-    if recipe.table.exists():
-        count = check_table(recipe.table, proto, recipe.calibration)
-        ctx.log(f"reusing calibration table {recipe.table} ({count} tensors)")
-        ctx.record("calibration", {"table": str(recipe.table), "reused": True, "tensors": count})
+    tables = [r.table for r in static if r.table is not None and r.table.exists()]
+    for table in dict.fromkeys(tables):
+        method = next(r.calibration for r in static if r.table == table)
+        count = check_table(table, proto, method)
+        ctx.log(f"reusing calibration table {table} ({count} tensors)")
+        ctx.record("calibration", {"table": str(table), "reused": True, "tensors": count})
+    if len(tables) == len(static) and ctx.options.get("mode") == "static":
         return []
     ctx.require_real_data("static calibration")
     limit = ctx.options["calibration_samples"]
     samples = strided(list(ctx.data.calibration[:limit]))[0]  # whole chunks of onnxruntime's strided MinMax
     check_samples(samples, proto, "calibration")
-    ctx.record(
-        "calibration", {"method": recipe.calibration, "samples": len(samples), "source": ctx.data.source}
-    )
-    ctx.log(f"calibrating ({recipe.calibration}) on {len(samples)} samples")
+    if "calibration" not in ctx.details:
+        ctx.record(
+            "calibration",
+            {"method": static[0].calibration, "samples": len(samples), "source": ctx.data.source},
+        )
+    ctx.log(f"calibrating on {len(samples)} samples")
     return samples
 
 
 def save_table(recipe: Recipe, opts: dict[str, Any], ctx: RunContext) -> None:
-    """Copy the calibration table to quant.calibration_table when the user asked for one and it is new."""
+    """Record the calibration table written at quant.calibration_table (calibration writes it there)."""
     wanted = opts.get("calibration_table")
     if recipe.mode != "static" or not wanted or recipe.table is None:
         return
-    target = Path(wanted)
-    if target.exists() or not recipe.table.exists():
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(recipe.table.read_bytes())
-    ctx.log(f"calibration table written to {target}")
-    ctx.details.setdefault("calibration", {})["table_written"] = str(target)
+    if (
+        Path(wanted) == recipe.table
+        and recipe.table.exists()
+        and not ctx.details.get("calibration", {}).get("reused")
+    ):
+        ctx.log(f"calibration table written to {wanted}")
+        ctx.details.setdefault("calibration", {})["table_written"] = str(wanted)
 
 
 def batchnorm_hint(before: int, after: int, ctx: RunContext) -> None:
     if after:
         ctx.log(
-            f"hint: {after} BatchNormalization node(s) remain and stay in float; put `fuse` before "
-            "`quant` (--plugins fuse,quant) to fold them"
+            f"hint: {after} BatchNormalization node(s) remain and stay in float; put a plugin that folds "
+            "BatchNormalization before quant to fold them"
         )
         ctx.record("batchnorm_remaining", after)
     elif before:
-        earlier = ctx.chain[: ctx.chain.index(ctx.plugin)] if ctx.plugin in ctx.chain else ()
-        advice = "" if "fuse" in earlier else "; `fuse` before `quant` does this as its own verified step"
         ctx.log(
-            f"folded {before} BatchNormalization node(s) into their Conv (onnxruntime pre-processing){advice}"
+            f"folded {before} BatchNormalization node(s) into their Conv (onnxruntime pre-processing); a "
+            "plugin that folds BatchNormalization before quant makes it its own verified step"
         )
 
 
@@ -346,10 +336,3 @@ def already_quantized(proto: onnx.ModelProto) -> bool:
     if get_metadata(proto, "edgeplug.quant.qat"):
         return True
     return any(n.op_type in QUANTIZED_OPS for n in proto.graph.node)
-
-
-def quantized_op_counts(proto: onnx.ModelProto) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for node in proto.graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))

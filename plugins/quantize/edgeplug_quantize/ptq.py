@@ -7,18 +7,20 @@ import difflib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import onnx
-from edgeplug import OptionError, PluginError
+from edgeplug.plugin_api import OptionError, PluginError
 
 from .calibration import METHODS, Sample, SampleReader, strided
 from .keep_float import detach_from_dequantize
+from .prepare import internalize
 
-# Ops onnxruntime quantizes whose cost is real arithmetic: the candidates of the mixed-precision search.
+# Ops onnxruntime quantizes whose cost is real arithmetic: what the per-node sensitivity search may keep float.
 COMPUTE_OPS = (
     "Conv",
     "ConvTranspose",
@@ -50,12 +52,40 @@ class Recipe:
     table: Path | None = None
     dynamic_ops: tuple[str, ...] = DYNAMIC_OPS
     extra: dict[str, Any] = field(default_factory=dict)
+    float_tensors: tuple[str, ...] = ()  # tensors kept float: their producer and consumers are excluded
 
     def excluding(self, nodes: Sequence[str]) -> Recipe:
         return replace(self, exclude_nodes=tuple(dict.fromkeys((*self.exclude_nodes, *nodes))))
 
+    def keeping_float(self, tensors: Sequence[str]) -> Recipe:
+        return replace(self, float_tensors=tuple(dict.fromkeys((*self.float_tensors, *tensors))))
+
+    @property
+    def label(self) -> str:
+        """A short name for tables: `static u8/s8 per-channel minmax`, `dynamic per-tensor`, `fp16`."""
+        if self.mode == "fp16":
+            return "fp16"
+        grain = "per-channel" if self.per_channel else "per-tensor"
+        parts = [self.mode]
+        if self.mode == "static":
+            parts.append(f"{self.activation_type}/{self.weight_type}")
+        elif self.weight_type != "s8":
+            parts.append(f"{self.weight_type} weights")
+        parts.append(grain)
+        if self.mode == "dynamic" and "Conv" in self.dynamic_ops:
+            parts.append("+Conv")
+        if self.reduce_range:
+            parts.append("reduce_range")
+        if self.mode == "static":
+            if self.symmetric:
+                parts.append("symmetric")
+            parts.append(self.calibration)
+            if self.extra.get("QuantizeBias") is False:
+                parts.append("float bias")
+        return " ".join(parts)
+
     def summary(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"mode": self.mode}
+        data: dict[str, Any] = {"mode": self.mode, "recipe": self.label}
         if self.mode in ("static", "dynamic"):
             data.update(
                 per_channel=self.per_channel, weight_type=self.weight_type, reduce_range=self.reduce_range
@@ -71,6 +101,7 @@ class Recipe:
                 data["activation_type"] = "u8 (dynamic, computed per inference)"
         data["excluded_nodes"] = list(self.exclude_nodes)
         data["excluded_op_types"] = list(self.exclude_types)
+        data["float_tensors"] = list(self.float_tensors)
         return data
 
 
@@ -112,8 +143,8 @@ def dynamic_ops_for(proto: onnx.ModelProto) -> tuple[tuple[str, ...], str | None
     )
 
 
-def candidates(proto: onnx.ModelProto, recipe: Recipe) -> list[onnx.NodeProto]:
-    """Nodes the search may keep in float: compute nodes the quantizer would otherwise convert."""
+def compute_nodes(proto: onnx.ModelProto, recipe: Recipe) -> list[onnx.NodeProto]:
+    """Nodes the sensitivity search may keep in float: compute nodes the quantizer would otherwise convert."""
     ops = (
         COMPUTE_OPS if recipe.mode != "dynamic" else tuple(o for o in COMPUTE_OPS if o in recipe.dynamic_ops)
     )
@@ -129,14 +160,32 @@ def candidates(proto: onnx.ModelProto, recipe: Recipe) -> list[onnx.NodeProto]:
     ]
 
 
+def nodes_touching(proto: onnx.ModelProto, tensors: Iterable[str]) -> list[str]:
+    """The producer and every consumer of each tensor: excluding them keeps the tensor float (onnxruntime's
+    QDQ quantizer puts a Q/DQ pair on a tensor when its producer or a consumer asks for it)."""
+    wanted = set(tensors)
+    found: list[str] = []
+    for node in proto.graph.node:
+        if node.name and (wanted & set(node.output) or wanted & set(node.input)):
+            found.append(node.name)
+    return found
+
+
 @contextlib.contextmanager
 def _quiet_ort() -> Iterator[None]:
-    """onnxruntime's quantizer logs warnings and prints calibration progress on stdout: keep both quiet."""
+    """onnxruntime's quantizer logs warnings and prints calibration progress on stdout: keep both quiet. Its
+    numpy RuntimeWarnings (a non-finite calibration range divided into a scale) are not left to the user:
+    the plugin keeps such tensors in float (selection.py) and says so in the report."""
     logger = logging.getLogger()
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        with (
+            open(os.devnull, "w") as sink,
+            contextlib.redirect_stdout(sink),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore", RuntimeWarning)
             yield
     finally:
         logger.setLevel(level)
@@ -146,6 +195,8 @@ def quantize(
     proto: onnx.ModelProto, recipe: Recipe, calibration: Sequence[Sample] | None = None
 ) -> onnx.ModelProto:
     """One quantization of `proto` by `recipe`; static mode needs `calibration` or an existing table."""
+    if recipe.float_tensors:
+        recipe = recipe.excluding(nodes_touching(proto, recipe.float_tensors))
     if recipe.mode == "fp16":
         return to_fp16(proto, recipe)
     with tempfile.TemporaryDirectory(prefix="edgeplug-quant-") as tmp, _quiet_ort():
@@ -163,9 +214,13 @@ def quantize(
                 f"quant: onnxruntime could not quantize this model ({recipe.mode}): "
                 f"{_first_line(exc)}; exclude the failing node or op type with -o quant.exclude=..."
             ) from None
-        result = onnx.load(str(out))
+        result = internalize(onnx.load(str(out), load_external_data=False), out.parent)
     if recipe.mode == "static" and recipe.exclude_nodes:
         detach_from_dequantize(result, proto, recipe.exclude_nodes)
+    if recipe.mode == "dynamic":
+        # Inferred value_info left in a dynamically quantized model slows onnxruntime down: on BERT-base at
+        # 1 thread, 45.2 ms with it and 33.5 ms without (benchmarks/perf_table.py); onnxruntime re-infers.
+        del result.graph.value_info[:]
     _copy_metadata(result, proto)
     return result
 

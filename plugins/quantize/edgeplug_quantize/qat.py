@@ -12,8 +12,16 @@ from typing import Any
 
 import numpy as np
 import onnx
-from edgeplug import DataError, MissingDependencyError, Model, ModelError, PluginError, RunContext
-from edgeplug.model import set_metadata
+from edgeplug.plugin_api import (
+    DataError,
+    MissingDependencyError,
+    Model,
+    ModelError,
+    PluginError,
+    RunContext,
+    session,
+    set_metadata,
+)
 
 from .int8_weights import pack_qat_weights
 
@@ -229,8 +237,6 @@ def export(model: Any, data: TrainingData, tf: Any, tf2onnx: Any) -> onnx.ModelP
 
 def compare_export(model: Any, proto: onnx.ModelProto, inputs: np.ndarray) -> dict[str, float]:
     """How closely the exported ONNX model reproduces the Keras QAT model."""
-    from edgeplug.runtime import session
-
     sess = session(proto.SerializeToString())
     got = np.asarray(sess.run(None, {sess.get_inputs()[0].name: inputs})[0], dtype=np.float64)
     ref = np.asarray(model.predict(inputs, verbose=0), dtype=np.float64)
