@@ -53,31 +53,15 @@ def check_model(path: Path) -> dict[str, Any]:
 
 
 def detections(output: np.ndarray, conf: float = CONF, iou: float = IOU) -> list[np.ndarray]:
-    """Per image, rows (x1, y1, x2, y2, score, class) after the confidence filter and per-class NMS."""
-    found = []
-    for pred in output.transpose(0, 2, 1):  # anchors x (4 + classes)
-        scores = pred[:, 4:].max(1)
-        keep = scores >= conf
-        boxes, scores, classes = pred[keep, :4], scores[keep], pred[keep, 4:].argmax(1)
-        xyxy = np.concatenate([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], axis=1)
-        # offset each class far apart, so boxes of different classes never suppress each other
-        chosen = nms(xyxy + classes[:, None] * 4096.0, scores, iou)
-        found.append(np.concatenate([xyxy[chosen], scores[chosen, None], classes[chosen, None]], axis=1))
-    return found
+    """Per image, rows (x1, y1, x2, y2, score, class) after the confidence filter and per-class NMS: the
+    core's `detection` metric's decoding (edgeplug.detection), so the zoo's boxes are the ones it scores."""
+    from edgeplug.detection import DetectionSettings, decode
 
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    order = np.argsort(-scores, kind="stable")
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    kept = []
-    while order.size:
-        i, rest = order[0], order[1:]
-        kept.append(i)
-        lt = np.maximum(boxes[i, :2], boxes[rest, :2])
-        rb = np.minimum(boxes[i, 2:], boxes[rest, 2:])
-        inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-        order = rest[inter / (area[i] + area[rest] - inter) <= iou]
-    return np.array(kept, dtype=np.int64)
+    settings = DetectionSettings(conf=conf, nms_iou=iou, layout="yolov8", max_boxes=1 << 30)
+    return [
+        np.concatenate([b.xyxy, b.scores[:, None], b.classes[:, None].astype(np.float32)], axis=1)
+        for b in decode(output, settings)
+    ]
 
 
 def views(split: str) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
