@@ -15,6 +15,8 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from edgeplug.cli import main
+from edgeplug.cpu import cpu_info
+from edgeplug_neon import toolchain
 
 from tests.conftest import conv_net
 from tests.neon.conftest import EXAMPLES, fold_batchnorm, needs_aarch64
@@ -212,7 +214,9 @@ def test_cc_builds_the_host_library(tmp_path: Path, float_model: tuple[Path, Pat
     assert code == 0, output
     calls = log.read_text().splitlines()
     assert len(calls) == 1
-    assert "-march=native" in calls[0].split() and "model.c" in calls[0].split()
+    march = [flag for flag in calls[0].split() if flag.startswith("-march=")]
+    assert march == [toolchain.host_march(cpu_info())]
+    assert "model.c" in calls[0].split()
     assert "libedgeplug_model_host.so" in calls[0]
     assert report["compile"]["verification"]["passed"]  # the wrapper's library ran, in the core's check
 
@@ -224,3 +228,13 @@ def test_cc_that_does_not_exist_is_refused(tmp_path: Path, float_model: tuple[Pa
     code, output, _ = run(model, data, tmp_path / "out", "target=host", f"cc={missing}")
     assert code == 2, output
     assert str(missing) in output
+
+
+def test_the_host_library_targets_the_instructions_this_process_can_use() -> None:
+    """Never -march=native on x86: gcc would read the machine's CPUID, not the (emulated, VM-masked) CPU this
+    process runs on, and the library would die with an illegal instruction on an AVX2-only box."""
+    avx512 = {"machine": "x86_64", "flags": ["avx2", "avx512f", "avx512bw", "avx512_vnni"]}
+    assert toolchain.host_march(avx512) == "-march=x86-64-v4"
+    assert toolchain.host_march({"machine": "x86_64", "flags": ["avx2"]}) == "-march=x86-64-v3"
+    assert toolchain.host_march({"machine": "x86_64", "flags": []}) == "-march=x86-64"
+    assert toolchain.host_march({"machine": "aarch64", "flags": ["asimddp"]}) == "-march=native"

@@ -115,7 +115,7 @@ def compile(model: Model, ctx: RunContext) -> Artifact | None:
     ctx.record(
         "flags",
         {
-            "host": f"{toolchain.COMMON_FLAGS} -march=native",
+            "host": f"{toolchain.COMMON_FLAGS} {tc.host_march}",
             "aarch64": f"{toolchain.COMMON_FLAGS} {tc.aarch64_march}",
         },
     )
@@ -158,7 +158,9 @@ def _reference(model: Model, ctx: RunContext, count: int) -> dict[str, Any]:
     """The final model's outputs on the first `count` validation samples: those the core holds when it hands
     them over (ctx.previous), else evaluated as the core evaluates."""
     if ctx.previous is not None:
-        total = len(ctx.data.validation)  # a sample may hold several rows (a fixed batch): slice whole samples
+        total = len(
+            ctx.data.validation
+        )  # a sample may hold several rows (a fixed batch): slice whole samples
         return {name: value[: count * (len(value) // total)] for name, value in ctx.previous.items()}
     return ctx.evaluate(model, ctx.data.validation[:count])
 

@@ -7,7 +7,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeplug import MissingDependencyError, PluginError
+from edgeplug.plugin_api import MissingDependencyError, PluginError, cpu_info
 
 DEBIAN_PACKAGES = "gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user"
 HOST_LIB = "libedgeplug_model_host.so"
@@ -23,6 +23,7 @@ class Toolchain:
     qemu: str | None
     sysroot: str | None
     dotprod: bool
+    host_march: str = "-march=native"
 
     @property
     def aarch64_march(self) -> str:
@@ -53,7 +54,22 @@ def find(
             f"{DEBIAN_PACKAGES} or pass -o neon.target=host (or -o neon.verify=false)"
         )
     sysroot = next((p for p in ("/usr/aarch64-linux-gnu",) if Path(p).is_dir()), None)
-    return Toolchain(host, cross, qemu, sysroot, dotprod)
+    return Toolchain(host, cross, qemu, sysroot, dotprod, host_march(cpu_info()))
+
+
+def host_march(cpu: dict) -> str:
+    """-march of the host library: on x86, the x86-64 level of the instructions this process can use
+    (cpu_info checks /proc/cpuinfo against CPUID), not -march=native: gcc runs as its own process and reads
+    the machine's CPUID, which a process under an emulator or a CPU-masking VM does not get, and a library
+    built for AVX-512 dies with an illegal instruction on an AVX2-only x86 box it is copied to."""
+    if cpu.get("machine") not in ("x86_64", "amd64"):
+        return "-march=native"
+    flags = set(cpu.get("flags", []))
+    if {"avx512f", "avx512bw"} <= flags:
+        return "-march=x86-64-v4"
+    if "avx2" in flags:
+        return "-march=x86-64-v3"
+    return "-march=x86-64"
 
 
 def _run(cmd: list[str], cwd: Path, what: str, timeout: float = 900) -> None:
@@ -67,9 +83,9 @@ def _run(cmd: list[str], cwd: Path, what: str, timeout: float = 900) -> None:
 
 
 def build_host(tc: Toolchain, workdir: Path) -> Path:
-    """-O3 -march=native shared library of model.c for this machine (the scalar path on x86)."""
+    """-O3 shared library of model.c for this machine's instruction level (the scalar path on x86)."""
     _run(
-        [tc.cc, *COMMON_FLAGS.split(), "-march=native", "-shared", "model.c", "-o", HOST_LIB, "-lm"],
+        [tc.cc, *COMMON_FLAGS.split(), tc.host_march, "-shared", "model.c", "-o", HOST_LIB, "-lm"],
         workdir,
         "host build",
     )
@@ -111,6 +127,7 @@ def makefile(tc: Toolchain) -> str:
 CC ?= cc
 CROSS_CC ?= {(tc.cross_cc and Path(tc.cross_cc).name) or "aarch64-linux-gnu-gcc"}
 CFLAGS ?= {COMMON_FLAGS}
+HOST_MARCH ?= {tc.host_march}
 AARCH64_MARCH ?= {tc.aarch64_march}
 
 all: host aarch64
@@ -120,7 +137,7 @@ aarch64: {AARCH64_LIB}
 driver: {AARCH64_DRIVER}
 
 {HOST_LIB}: model.c model.h
-\t$(CC) $(CFLAGS) -march=native -shared model.c -o $@ -lm
+\t$(CC) $(CFLAGS) $(HOST_MARCH) -shared model.c -o $@ -lm
 
 model_aarch64.o: model.c model.h
 \t$(CROSS_CC) $(CFLAGS) $(AARCH64_MARCH) -c model.c -o $@
