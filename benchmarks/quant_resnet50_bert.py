@@ -68,7 +68,9 @@ class Reader:
         return self.samples[self.i - 1]
 
 
-def ort_static(fp32: Path, out: Path, samples: list[dict[str, np.ndarray]], documented: bool) -> tuple[Path, str]:
+def ort_static(
+    fp32: Path, out: Path, samples: list[dict[str, np.ndarray]], documented: bool
+) -> tuple[Path, str]:
     """onnxruntime's quantize_static: defaults, or as documented (pre-process, per-channel, u8 activations)."""
     from onnxruntime.quantization import QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -82,8 +84,14 @@ def ort_static(fp32: Path, out: Path, samples: list[dict[str, np.ndarray]], docu
             note = f"quant_pre_process with its defaults failed ({exc}); rerun with auto_merge=True"
             print(f"  {note}", file=sys.stderr, flush=True)
             quant_pre_process(str(fp32), str(source), auto_merge=True)
-        quantize_static(str(source), str(out), Reader(samples), per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        quantize_static(
+            str(source),
+            str(out),
+            Reader(samples),
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
         source.unlink()
     else:
         quantize_static(str(fp32), str(out), Reader(samples))
@@ -92,6 +100,7 @@ def ort_static(fp32: Path, out: Path, samples: list[dict[str, np.ndarray]], docu
 
 def fidelity(reference: Path, candidate: Path, samples: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     """Cosine (and top-1 agreement for logits) of each output against FP32 on the samples."""
+
     def run(path: Path) -> dict[str, np.ndarray]:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
@@ -101,12 +110,15 @@ def fidelity(reference: Path, candidate: Path, samples: list[dict[str, np.ndarra
         return {n: np.concatenate([o[i] for o in outs]) for i, n in enumerate(names)}
 
     metrics = compare(run(reference), run(candidate))
-    return {name: {k: round(float(v), 5) for k, v in m.items() if k in ("cosine", "top1")}
-            for name, m in metrics.items()}
+    return {
+        name: {k: round(float(v), 5) for k, v in m.items() if k in ("cosine", "top1")}
+        for name, m in metrics.items()
+    }
 
 
-def measure_rows(rows: list[dict[str, Any]], feed: dict[str, np.ndarray], threads: int, runs: int,
-                 rounds: int) -> None:
+def measure_rows(
+    rows: list[dict[str, Any]], feed: dict[str, np.ndarray], threads: int, runs: int, rounds: int
+) -> None:
     for row in rows:
         row["p50_rounds_ms"] = []
     for r in range(rounds):
@@ -114,8 +126,12 @@ def measure_rows(rows: list[dict[str, Any]], feed: dict[str, np.ndarray], thread
             result = bench.measure(Path(row["path"]), threads, runs, warmup=3, inputs=feed)
             row["p50_rounds_ms"].append(round(result["p50_ms"], 3))
             row["memory_bytes"] = result["memory_bytes"]
-        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{x['name']} {x['p50_rounds_ms'][-1]:.1f} ms" for x in rows),
-              file=sys.stderr, flush=True)
+        print(
+            f"  round {r + 1}/{rounds}: "
+            + ", ".join(f"{x['name']} {x['p50_rounds_ms'][-1]:.1f} ms" for x in rows),
+            file=sys.stderr,
+            flush=True,
+        )
     base = rows[0]
     for row in rows:
         row["p50_ms"] = round(statistics.median(row["p50_rounds_ms"]), 3)
@@ -155,16 +171,24 @@ def resnet50(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     ort_doc, doc_note = ort_static(fp32, work / "resnet_ort_documented.onnx", cal, documented=True)
     rows = [
         {"name": "FP32", "path": str(fp32)},
-        {"name": f"edgeplug {','.join(chain)} (static INT8)", "path": str(ours),
-         "recipe": step["details"]["recipe"], "types": step["details"]["types"]},
+        {
+            "name": f"edgeplug {','.join(chain)} (static INT8)",
+            "path": str(ours),
+            "recipe": step["details"]["recipe"],
+            "types": step["details"]["types"],
+        },
         {"name": "onnxruntime quantize_static, defaults", "path": str(ort_default)},
         {"name": "onnxruntime quantize_static, as documented", "path": str(ort_doc), "note": doc_note},
     ]
     for row in rows[1:]:
         row["fidelity"] = fidelity(fp32, Path(row["path"]), val)
     measure_rows(rows, {"input": images[:1]}, args.threads, args.runs, args.rounds)
-    return {"model": "resnet50", "calibration": "16 random uniform images (random weights: accuracy is meaningless)",
-            "chain": chain, "rows": rows}
+    return {
+        "model": "resnet50",
+        "calibration": "16 random uniform images (random weights: accuracy is meaningless)",
+        "chain": chain,
+        "rows": rows,
+    }
 
 
 def bert(work: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -175,8 +199,11 @@ def bert(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     mask[:, 100:] = 0
     types = np.zeros((n, length), np.int64)
     types[:, 64:] = 1
-    tokens = {"input_ids": rng.integers(0, 30522, (n, length)).astype(np.int64), "attention_mask": mask,
-              "token_type_ids": types}
+    tokens = {
+        "input_ids": rng.integers(0, 30522, (n, length)).astype(np.int64),
+        "attention_mask": mask,
+        "token_type_ids": types,
+    }
     data = work / "bert_data.npz"
     np.savez(data, **tokens)
     samples = [{k: v[i : i + 1] for k, v in tokens.items()} for i in range(n)]
@@ -184,15 +211,30 @@ def bert(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, Any]] = [{"name": "FP32", "path": str(fp32)}]
     for mode in ("dynamic", "static"):
         t0 = time.perf_counter()
-        result = edgeplug.optimize(fp32, ["quant"], data=data, options={"quant": {"mode": mode}},
-                                   output_dir=work / f"bert_{mode}", on_fail="skip")
+        result = edgeplug.optimize(
+            fp32,
+            ["quant"],
+            data=data,
+            options={"quant": {"mode": mode}},
+            output_dir=work / f"bert_{mode}",
+            on_fail="skip",
+        )
         step = quant_step(result.report)
-        print(f"  ours {mode}: {step['status']} in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+        print(
+            f"  ours {mode}: {step['status']} in {time.perf_counter() - t0:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
         if step["status"] != "applied":
             print(f"  ours {mode} failed verification: {step.get('error')}", file=sys.stderr)
             continue
-        rows.append({"name": f"edgeplug quant {mode} INT8", "path": str(result.output_dir / f"{fp32.stem}.onnx"),
-                     "recipe": step["details"]["recipe"]})
+        rows.append(
+            {
+                "name": f"edgeplug quant {mode} INT8",
+                "path": str(result.output_dir / f"{fp32.stem}.onnx"),
+                "recipe": step["details"]["recipe"],
+            }
+        )
     path, _ = ort_static(fp32, work / "bert_ort_default.onnx", cal, documented=False)
     rows.append({"name": "onnxruntime quantize_static, defaults", "path": str(path)})
     path, note = ort_static(fp32, work / "bert_ort_documented.onnx", cal, documented=True)
@@ -200,21 +242,30 @@ def bert(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     for row in rows[1:]:
         row["fidelity"] = fidelity(fp32, Path(row["path"]), val)
     measure_rows(rows, samples[0], args.threads, args.runs, args.rounds)
-    return {"model": "bert_base", "calibration": "16 random token sequences of 128 (random weights)", "rows": rows}
+    return {
+        "model": "bert_base",
+        "calibration": "16 random token sequences of 128 (random weights)",
+        "rows": rows,
+    }
 
 
 def markdown(section: dict[str, Any]) -> str:
-    lines = [f"**{section['model']}** ({section['calibration']})", "",
-             "| model | p50 ms (median of rounds) | speedup vs FP32 (median of paired rounds) | speedup (best rounds) "
-             "| size MB | size ratio | cosine vs FP32 | top-1 agreement |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"**{section['model']}** ({section['calibration']})",
+        "",
+        "| model | p50 ms (median of rounds) | speedup vs FP32 (median of paired rounds) | speedup (best rounds) "
+        "| size MB | size ratio | cosine vs FP32 | top-1 agreement |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in section["rows"]:
         fid = row.get("fidelity") or {}
         first = next(iter(fid.values()), {})
         cos = f"{first['cosine']:.4f}" if "cosine" in first else "-"
         top1 = f"{first['top1']:.3f}" if "top1" in first else "-"
-        lines.append(f"| {row['name']} | {row['p50_ms']:.1f} | {row['speedup']:.2f}x | {row['speedup_best']:.2f}x | "
-                     f"{row['size_bytes'] / 1e6:.1f} | {row['size_ratio']:.2f}x | {cos} | {top1} |")
+        lines.append(
+            f"| {row['name']} | {row['p50_ms']:.1f} | {row['speedup']:.2f}x | {row['speedup_best']:.2f}x | "
+            f"{row['size_bytes'] / 1e6:.1f} | {row['size_ratio']:.2f}x | {cos} | {top1} |"
+        )
     ours = [r for r in section["rows"] if r["name"].startswith("edgeplug")]
     for ref in (r for r in section["rows"] if r["name"].startswith("onnxruntime")):
         for mine in ours:
@@ -235,8 +286,14 @@ def main() -> None:
     out: dict[str, Any] = {
         "command": "python " + " ".join(sys.argv),
         "cpu": {k: info[k] for k in ("model", "machine", "flags", "vnni", "dotprod")},
-        "python": platform.python_version(), "onnxruntime": ort.__version__, "onnx": onnx.__version__,
-        "threads": args.threads, "runs": args.runs, "rounds": args.rounds, "targets": TARGETS, "sections": [],
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "onnx": onnx.__version__,
+        "threads": args.threads,
+        "runs": args.runs,
+        "rounds": args.rounds,
+        "targets": TARGETS,
+        "sections": [],
     }
     # onnxruntime's symbolic shape inference leaves debug models in the current folder when it fails
     with tempfile.TemporaryDirectory(prefix="edgeplug-quant-bench-") as tmp, contextlib.chdir(tmp):

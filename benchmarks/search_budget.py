@@ -168,9 +168,13 @@ def main() -> None:
             folder = Path(tmp) / name
             folder.mkdir()
             results.append(one_model(name, args.minutes, args.rounds, folder, args.samples))
-            print(json.dumps({k: v for k, v in results[-1].items() if k != "latency"}, default=str), flush=True)
+            print(
+                json.dumps({k: v for k, v in results[-1].items() if k != "latency"}, default=str), flush=True
+            )
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "search.json").write_text(json.dumps({**header, "results": results}, indent=2, default=str))
+    (args.results / "search.json").write_text(
+        json.dumps({**header, "results": results}, indent=2, default=str)
+    )
     text = markdown(results, header)
     (args.results / "search.md").write_text(text)
     print(text)

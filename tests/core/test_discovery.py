@@ -23,6 +23,7 @@ def readme_plugin_example() -> str:
 
 THIRD_PARTY = readme_plugin_example()
 
+
 def install_fake_distribution(
     site: Path, dist: str, entry_points: dict[str, str], modules: dict[str, str]
 ) -> None:

@@ -190,5 +190,7 @@ def test_onnxruntime_target_refused_before_neon_cli(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     # refused before any step, by fuse's own pre_optimize, in capability words
-    assert "emits onnxruntime contrib ops (com.microsoft), which a later step does not consume" in result.output
+    assert (
+        "emits onnxruntime contrib ops (com.microsoft), which a later step does not consume" in result.output
+    )
     assert "transform_graph" not in result.output

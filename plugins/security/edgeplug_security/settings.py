@@ -104,9 +104,7 @@ class SecuritySettings:
     min_confidence: float = option(
         0.0, "abstain when the top-1 probability is below this (0: off)", minimum=0.0, maximum=1.0
     )
-    deny_labels: list[str] = option(
-        [], "abstain when the top-1 label is one of these class indices"
-    )
+    deny_labels: list[str] = option([], "abstain when the top-1 label is one of these class indices")
 
     @classmethod
     def of(cls, values: Mapping[str, Any] | None) -> SecuritySettings:

@@ -23,20 +23,18 @@ class TrtSettings:
         "that produces int8 Q/DQ)",
     )
     # option() returns a dataclasses.field (RUF009 cannot see that)
-    min_shapes: list[str] | None = option(  # noqa: RUF009
+    min_shapes: list[str] | None = option(
         None, "optimization profile minimum shapes, NAME:1x3x224x224[,NAME2:...]"
     )
-    opt_shapes: list[str] | None = option(  # noqa: RUF009
+    opt_shapes: list[str] | None = option(
         None, "optimization profile shapes TensorRT tunes for, NAME:1x3x224x224"
     )
-    max_shapes: list[str] | None = option(  # noqa: RUF009
-        None, "optimization profile maximum shapes, NAME:8x3x224x224"
-    )
+    max_shapes: list[str] | None = option(None, "optimization profile maximum shapes, NAME:8x3x224x224")
     max_batch: int = option(
         8, "largest batch of the derived profile when the batch axis is dynamic", minimum=1
     )
     workspace_mb: int = option(1024, "builder workspace memory pool limit in MiB", minimum=1)
-    timing_cache: Path | None = option(  # noqa: RUF009
+    timing_cache: Path | None = option(
         None, "timing cache file, reused across builds (default: the output folder)"
     )
     fold_constants: bool = option(True, "fold constant subgraphs before building (Q/DQ nodes kept)")
