@@ -71,7 +71,7 @@ def test_auto_picks_static_for_a_cnn(tmp_path, fake_timer):
     assert step["details"]["chosen"]["recipe"].startswith("static")
     rows = step["details"]["candidates"]
     dynamic = [r for r in rows if r["recipe"].startswith("dynamic")]
-    assert dynamic and all(r["status"] == "cannot win" for r in dynamic)  # ConvInteger priced slower
+    assert dynamic and all(r["status"] == "slower than float" for r in dynamic)  # ConvInteger priced slower
     assert step["verification"]["passed"]
     assert step["details"]["recipe"]["op_counts"]["QuantizeLinear"] > 0
 
@@ -194,3 +194,31 @@ def test_candidates_timed_within_the_noise_keep_the_planned_choice(tmp_path, fak
     rows = step["details"]["candidates"]
     assert len([r for r in rows if r["origin"] == "plain"]) >= 3
     assert step["details"]["chosen"]["recipe"] == rows[0]["recipe"]
+
+
+@pytest.mark.int8
+def test_a_quantized_model_slower_than_float_is_not_kept(tmp_path, fake_timer):
+    """Where every candidate that meets the budget runs slower than the float model on this CPU, auto keeps
+    the float model and says why, instead of a slower int8 model that passes verification."""
+
+    def float_is_fastest(path, inputs):
+        return 1.0 if Path(path).name == "float.onnx" else 2.0
+
+    timed = fake_timer(float_is_fastest)
+    result = edgeplug.optimize(
+        DIGITS,
+        ["quant"],
+        data=DIGITS_TEST,
+        calibration_data=str(DIGITS_TRAIN),
+        output_dir=tmp_path / "out",
+        quiet=True,
+    )
+    step = result.report["steps"][0]
+    assert step["status"] != "applied"
+    assert "slower than the float model" in step["details"]["skipped"]
+    rows = step["details"]["candidates"]
+    assert rows and all(r["status"] == "slower than float" for r in rows if r["origin"] == "plain")
+    assert any(r.get("passed") for r in rows)  # one was judged, for the report: it met the budget
+    assert not any(n.op_type == "QuantizeLinear" for n in result.model.proto.graph.node)
+    assert "repair" not in step["details"]  # nothing repaired: keeping more in float cannot beat float
+    assert len(timed) >= 3

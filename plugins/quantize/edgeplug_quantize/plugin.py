@@ -223,7 +223,17 @@ def record_outcome(outcome: Outcome, ctx: RunContext, timed: bool) -> None:
 
 
 def nothing_quantized(outcome: Outcome, ctx: RunContext) -> None:
-    """Not applicable: no recipe quantized anything (e.g. every compute op type excluded)."""
+    """Not applicable: no recipe quantized anything (e.g. every compute op type excluded), or every variant
+    that meets the budget runs slower than the float model on this CPU."""
+    if outcome.slower_than_float:
+        why = (
+            f"{outcome.slower_than_float}: the model stays float. A looser budget (--budget, "
+            "-o quant.min_<metric>) may admit a faster variant; -o quant.mode=static keeps one recipe "
+            "whatever its speed (e.g. for size)"
+        )
+        ctx.record("skipped", why)
+        ctx.log(f"{why}; step not applied")
+        return None
     excluded = ",".join(ctx.options.get("exclude") or [])
     cause = (
         f"-o quant.exclude={excluded} leaves no node that onnxruntime quantizes"

@@ -106,6 +106,7 @@ class Outcome:
     search: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     timed: bool = True
+    slower_than_float: str | None = None  # why nothing is kept although variants met the budget
 
     @property
     def passed(self) -> bool:
@@ -216,7 +217,17 @@ class Selection:
         if with_float:
             self.outcome.float_latency_ms = latencies[-1]
 
+    def beats_float(self, variant: Variant) -> bool:
+        """Faster than the float model beyond the timing noise (true when either is untimed): a quantized
+        model slower than float buys nothing auto is asked for."""
+        base = self.outcome.float_latency_ms
+        if base is None or variant.latency_ms is None:
+            return True
+        return clearly_faster(variant.latency_ms, base)
+
     def can_win(self, variant: Variant, best: Variant | None) -> bool:
+        if not self.beats_float(variant):
+            return False
         if best is None:
             return True
         if variant.latency_ms is None or best.latency_ms is None:
@@ -225,6 +236,10 @@ class Selection:
 
     def better(self, new: Variant, best: Variant | None) -> bool:
         if not new.passed:
+            return False
+        if not self.beats_float(new):
+            new.status = "slower than float"
+            new.why = f"{new.why}; {self._vs_float(new)}"
             return False
         if best is None:
             return True
@@ -245,6 +260,9 @@ class Selection:
             order = usable  # the target's order of preference
         best: Variant | None = None
         for variant in order:
+            if not self.beats_float(variant):
+                variant.status, variant.why = "slower than float", self._vs_float(variant)
+                continue
             if best is not None:
                 variant.status, variant.why = (
                     "cannot win",
@@ -257,6 +275,8 @@ class Selection:
             self.verify(variant)
             if variant.passed:
                 best = variant
+        if not any(v.verdict is not None for v in order) and order:
+            self.verify(order[0])  # every candidate is slower than float: judge one, for the report
         missed = [v for v in order if v.verdict is not None and not v.passed]
         if self.repair:
             best = self.repair_all(missed, best)
@@ -268,7 +288,19 @@ class Selection:
             and not any(r.mode == "fp16" for r in self.recipes)
         ):
             best = self.fallback(best)  # int8 was possible but nothing met the budget
-        chosen = best or self.closest()
+        chosen = best
+        slower = [v for v in self.outcome.variants if v.passed and v is not best]
+        if chosen is None and slower and all(not self.beats_float(v) for v in slower):
+            fastest = min(slower, key=lambda v: v.latency_ms or 0.0)
+            self.outcome.slower_than_float = (
+                f"every variant that meets the budget is slower than the float model (fastest: "
+                f"{fastest.label} ({fastest.origin}) at {fastest.latency_ms:.3g} ms, float "
+                f"{self.outcome.float_latency_ms:.3g} ms)"
+            )
+            for variant in slower:
+                variant.status = "slower than float"
+        elif chosen is None:
+            chosen = self.closest()
         if chosen is not None:
             chosen.status = "kept" if chosen.passed else "closest (misses the budget)"
             if chosen.passed:
@@ -311,6 +343,10 @@ class Selection:
             if id(variant) not in bound or self.out_of_time():
                 continue
             latency = bound[id(variant)]
+            base = self.outcome.float_latency_ms
+            if latency is not None and base is not None and not clearly_faster(latency, base):
+                variant.why += "; not repaired further: keeping more in float cannot beat the float model"
+                continue
             if best is not None and (
                 latency is None or best.latency_ms is None or not clearly_faster(latency, best.latency_ms)
             ):
@@ -421,8 +457,16 @@ class Selection:
                 variant = found
         if variant.passed:
             self.time([variant])
-            return variant
+            if self.beats_float(variant):
+                return variant
+            variant.status, variant.why = "slower than float", f"{variant.why}; {self._vs_float(variant)}"
         return best
+
+    def _vs_float(self, variant: Variant) -> str:
+        return (
+            f"not faster than the float model ({variant.latency_ms:.3g} ms vs "
+            f"{self.outcome.float_latency_ms:.3g} ms)"
+        )
 
     def closest(self) -> Variant | None:
         judged = [v for v in self.outcome.variants if v.verdict is not None and v.proto is not None]
