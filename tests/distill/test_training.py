@@ -164,3 +164,50 @@ def test_feature_matching_uses_tensors_both_models_hold(tmp_path: Path) -> None:
     training = run.report["steps"][1]["details"]["training"]
     assert training["features_matched"] >= 1
     assert training["history"][-1]["loss_features"] >= 0
+
+
+def test_batchnorm_statistics_passed_as_graph_constants_stay_frozen_buffers():
+    """A BatchNormalization whose bias comes from an Identity node (as structured pruning leaves it):
+    onnx2torch passes that BatchNorm's parameters as graph constants. The learnable constants become parameters, but its running mean and variance must stay
+    buffers: as parameters, autograd refuses them ('native_batch_norm' is not differentiable with respect to
+    'running_mean'; seen on the zoo's Fashion CNN with BatchNorm kept, after structured pruning)."""
+    import numpy as np
+    import torch
+    from edgeplug_distill.converter import to_torch
+    from edgeplug_distill.training import _trainable_constants
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    c = 4
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((c, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.ones(c, np.float32), "scale"),
+        numpy_helper.from_array(np.full(c, 0.5, np.float32), "b"),
+        numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "mean"),
+        numpy_helper.from_array(rng.random(c).astype(np.float32) + 0.5, "var"),
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1], name="conv"),
+            helper.make_node("Identity", ["b"], ["b_kept"], name="identity"),
+            helper.make_node("BatchNormalization", ["h", "scale", "b_kept", "mean", "var"], ["y"], name="bn"),
+        ],
+        "bn_bias_from_identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 8, 8])],
+        inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    converted = to_torch(proto)
+    module = converted.module
+    made = _trainable_constants(torch, module)
+    assert made >= 1  # the scale learns
+    trainable = {name for name, p in module.named_parameters() if p.requires_grad}
+    frozen = {name for name, _ in module.named_buffers()}
+    assert not any(n.startswith("initializers.") for n in trainable & frozen)
+    module.train()
+    for sub in module.modules():
+        if isinstance(sub, torch.nn.modules.batchnorm._BatchNorm):
+            sub.eval()
+    out = converted(torch.from_numpy(rng.random((1, 3, 8, 8), np.float32)))
+    out[0].sum().backward()  # raised before the fix

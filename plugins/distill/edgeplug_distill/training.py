@@ -129,13 +129,37 @@ def _trainable_constants(torch: Any, module: Any) -> int:
     container = getattr(module, "initializers", None)
     if container is None:
         return 0
+    statistics = _norm_statistics(module)
     count = 0
     for name, buffer in list(container._buffers.items()):
+        if name in statistics:  # running mean/var stay frozen buffers (autograd refuses them as parameters)
+            continue
         if buffer is not None and buffer.dtype.is_floating_point and buffer.numel() > 1:
             del container._buffers[name]
             container.register_parameter(name, torch.nn.Parameter(buffer.detach().clone()))
             count += 1
     return count
+
+
+def _norm_statistics(module: Any) -> set[str]:
+    """Names, in the `initializers` container, of the constants a BatchNormalization reads as its running
+    mean and variance (ONNX inputs 3 and 4). onnx2torch passes them as graph inputs when the BatchNorm's
+    parameters cannot become a torch BatchNorm's own (e.g. a scale tensor shared with another node)."""
+    found: set[str] = set()
+    graph = getattr(module, "graph", None)
+    if graph is None:
+        return found
+    for node in graph.nodes:
+        if node.op != "call_module" or len(node.args) < 5:
+            continue
+        kind = type(module.get_submodule(node.target)).__name__
+        if "BatchNorm" not in kind and not str(node.target).endswith("BatchNormalization"):
+            continue
+        for arg in node.args[3:5]:
+            target = str(getattr(arg, "target", ""))
+            if getattr(arg, "op", None) == "get_attr" and target.startswith("initializers."):
+                found.add(target.split(".", 1)[1])
+    return found
 
 
 def _conversion_error(student: Student, ctx: RunContext, names: Sequence[str]) -> float | None:

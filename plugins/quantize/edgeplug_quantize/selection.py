@@ -317,7 +317,9 @@ class Selection:
             return "the fastest variant that meets the budget"
         if self.outcome.timed:
             return "meets the budget"
-        return "meets the budget (not timed: the target computes int8 exactly)"
+        if self.ctx.qdq_as_float:
+            return "meets the budget (not timed: the target computes int8 exactly)"
+        return "meets the budget (not timed: nothing to compare it with)"
 
     def repair_all(self, missed: list[Variant], best: Variant | None) -> Variant | None:
         """Tensor repair of every missed candidate that can still win (fastest first); then, for the fastest
