@@ -197,9 +197,10 @@ class Selection:
             return
         todo = [v for v in variants if v.proto is not None]
         paths = [self.path_of(v) for v in todo]
-        if with_float:
+        if with_float:  # timed in the same rounds, so "faster than float" compares like with like
             path = self.scratch / "float.onnx"
-            onnx.save(self.received, str(path))
+            if not path.exists():
+                onnx.save(self.received, str(path))
             paths.append(path)
         self.log(f"timing {len(paths)} model(s) at {self.ctx.threads} thread(s)")
         try:
@@ -339,7 +340,9 @@ class Selection:
                 best = self.compete(repaired, best)
                 continue
             if repaired is not None and self.timer is not None:
-                self.time([repaired])  # what any further repair of this candidate can at best reach
+                self.time(
+                    [repaired], with_float=True
+                )  # what any further repair of this candidate can at best reach
             bound[id(variant)] = (repaired or variant).latency_ms
         for variant in missed:
             if id(variant) not in bound or self.out_of_time():
@@ -386,7 +389,7 @@ class Selection:
 
     def compete(self, new: Variant, best: Variant | None) -> Variant | None:
         """Time a repaired variant against the best so far (paired rounds); the faster that passes wins."""
-        self.time([new] + ([best] if best is not None else []))
+        self.time([new] + ([best] if best is not None else []), with_float=True)
         return new if self.better(new, best) else best
 
     def repair_tensors(self, start: Variant) -> Variant | None:
@@ -458,7 +461,7 @@ class Selection:
             if found is not None and found.passed:
                 variant = found
         if variant.passed:
-            self.time([variant])
+            self.time([variant], with_float=True)
             if self.beats_float(variant):
                 return variant
             variant.status, variant.why = "slower than float", f"{variant.why}; {self._vs_float(variant)}"
