@@ -129,3 +129,19 @@ def fresh_plugins() -> Iterator[None]:
         yield
     finally:
         plugin_registry.load_plugins(refresh=True)
+
+
+@pytest.fixture(autouse=True)
+def _quant_timer_priced_by_operator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """quant's auto mode chooses by the latency it measures; no test may depend on this machine's clock or
+    load for that choice (the quant issue), so its timer is replaced by one that prices each operator
+    (tests/quant/models.py: int8 MatMul/Conv cheaper than float, ConvInteger dearer). A test that wants
+    another timer installs it with tests/quant's `fake_timer`; test_auto.py runs the real one once."""
+    try:
+        from edgeplug_quantize import timing
+    except ImportError:
+        return
+    from tests.quant.models import CPU_LIKE, op_cost_timer
+
+    timer = op_cost_timer(CPU_LIKE)
+    monkeypatch.setattr(timing, "timer_for", lambda ctx: timer)

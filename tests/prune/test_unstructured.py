@@ -119,7 +119,7 @@ def test_depthwise_and_override_policies(mobilenet_style: Path) -> None:
 
 
 def test_sparse_storage_shrinks_the_file_and_loads_back(tmp_path: Path) -> None:
-    opts = {"sparsity": 0.85, "min_cosine": 0.5}
+    opts = {"sparsity": 0.85, "min_cosine": 0.5, "max_slice_error": 1.0}
     sparse = edgeplug.optimize(
         DIGITS,
         ["prune"],
@@ -179,7 +179,7 @@ def test_sparse_storage_waits_when_a_step_follows(tmp_path: Path) -> None:
         ["prune", "fuse"],
         data=TEST_DATA,
         output_dir=tmp_path,
-        options={"prune": {"sparsity": 0.85, "min_cosine": 0.5}},
+        options={"prune": {"sparsity": 0.85, "min_cosine": 0.5, "max_slice_error": 1.0}},
     )
     details = result.report["steps"][0]["details"]
     assert details["storage"]["sparse_weights"] == []
@@ -260,7 +260,7 @@ def test_a_sparse_stored_model_can_be_pruned_again(tmp_path: Path) -> None:
         ["prune"],
         data=TEST_DATA,
         output_dir=tmp_path / "a",
-        options={"prune": {"sparsity": 0.8, "min_cosine": 0.5}},
+        options={"prune": {"sparsity": 0.8, "min_cosine": 0.5, "max_slice_error": 1.0}},
     )
     assert first.report["steps"][0]["details"]["storage"]["sparse_weights"]
     second = edgeplug.optimize(
@@ -268,7 +268,7 @@ def test_a_sparse_stored_model_can_be_pruned_again(tmp_path: Path) -> None:
         ["prune"],
         data=TEST_DATA,
         output_dir=tmp_path / "b",
-        options={"prune": {"sparsity": 0.9, "min_cosine": 0.5}},
+        options={"prune": {"sparsity": 0.9, "min_cosine": 0.5, "max_slice_error": 1.0}},
     )
     rows = {r["weight"]: r for r in second.report["steps"][0]["details"]["weights"]}
     assert rows["3.weight"]["nonzero_before"] == round(0.2 * 4608)

@@ -219,12 +219,13 @@ class Selection:
             self.outcome.float_latency_ms = latencies[-1]
 
     def beats_float(self, variant: Variant) -> bool:
-        """Faster than the float model beyond the timing noise (true when either is untimed): a quantized
-        model slower than float buys nothing auto is asked for."""
+        """Not measurably slower than the float model (true when either is untimed): a quantized model that
+        runs slower than float, beyond the timing noise, buys nothing auto is asked for. Within the noise the
+        quantized model stays (it is smaller)."""
         base = self.outcome.float_latency_ms
         if base is None or variant.latency_ms is None:
             return True
-        return clearly_faster(variant.latency_ms, base)
+        return not clearly_faster(base, variant.latency_ms)
 
     def can_win(self, variant: Variant, best: Variant | None) -> bool:
         if not self.beats_float(variant):
@@ -349,8 +350,8 @@ class Selection:
                 continue
             latency = bound[id(variant)]
             base = self.outcome.float_latency_ms
-            if latency is not None and base is not None and not clearly_faster(latency, base):
-                variant.why += "; not repaired further: keeping more in float cannot beat the float model"
+            if latency is not None and base is not None and clearly_faster(base, latency):
+                variant.why += "; not repaired further: it is already slower than the float model"
                 continue
             if best is not None and (
                 latency is None or best.latency_ms is None or not clearly_faster(latency, best.latency_ms)
@@ -469,7 +470,7 @@ class Selection:
 
     def _vs_float(self, variant: Variant) -> str:
         return (
-            f"not faster than the float model ({variant.latency_ms:.3g} ms vs "
+            f"slower than the float model ({variant.latency_ms:.3g} ms vs "
             f"{self.outcome.float_latency_ms:.3g} ms)"
         )
 
