@@ -76,7 +76,7 @@ def runtime_checked(
     if runtime is None or machine not in ("x86_64", "amd64", "i686", "x86"):
         return flags, set()
     confirm = {"avx2": "AVX2", "avx512f": "AVX512F", "avx512bw": "AVX512BW", "avx512_vnni": "AVX512VNNI"}
-    dropped = {f for f, key in confirm.items() if f in flags and not runtime.get(key, False)}
+    dropped = {f for f, key in confirm.items() if f in flags and key in runtime and not runtime[key]}
     if "avx512f" in dropped:
-        dropped |= flags & {"avx_vnni", "amx_int8"}
+        dropped |= flags & {"avx512bw", "avx512_vnni", "avx_vnni", "amx_int8"}  # all need what is masked
     return flags - dropped, dropped

@@ -26,3 +26,8 @@ def test_avx_vnni_without_avx512_is_kept_when_nothing_is_masked():
 def test_other_machines_and_an_unreadable_cpuid_keep_the_flags():
     assert runtime_checked({"asimddp"}, "aarch64", {}) == ({"asimddp"}, set())
     assert runtime_checked(set(HOST), "x86_64", None) == (HOST, set())
+
+
+def test_a_flag_numpy_cannot_confirm_is_kept():
+    """An older numpy without an AVX512VNNI entry cannot confirm VNNI: unknown is not absent."""
+    assert runtime_checked({"avx512_vnni"}, "x86_64", {"AVX2": True}) == ({"avx512_vnni"}, set())

@@ -37,12 +37,6 @@ def test_stored_table_and_verdict_follow_from_stored_rows(record: dict[str, Any]
         assert perf_verdict.comparisons(entry) == entry["comparisons"]
 
 
-def test_rendering_is_deterministic(record: dict[str, Any]) -> None:
-    again = json.loads(json.dumps(record))
-    assert perf_render.render_readme(again) == perf_render.render_readme(record)
-    assert perf_render.render_markdown(again) == perf_render.render_markdown(record)
-
-
 def test_results_carry_command_date_cpu_and_paired_rounds(record: dict[str, Any]) -> None:
     assert record["command"].startswith("python benchmarks/perf_table.py")
     assert record["date"] and record["cpu"]["model"] and "flags" in record["cpu"]

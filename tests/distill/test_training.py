@@ -174,7 +174,7 @@ def test_batchnorm_statistics_passed_as_graph_constants_stay_frozen_buffers():
     import numpy as np
     import torch
     from edgeplug_distill.converter import to_torch
-    from edgeplug_distill.training import _trainable_constants
+    from edgeplug_distill.training import _norm_statistics, _trainable_constants
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -203,8 +203,10 @@ def test_batchnorm_statistics_passed_as_graph_constants_stay_frozen_buffers():
     made = _trainable_constants(torch, module)
     assert made >= 1  # the scale learns
     trainable = {name for name, p in module.named_parameters() if p.requires_grad}
-    frozen = {name for name, _ in module.named_buffers()}
-    assert not any(n.startswith("initializers.") for n in trainable & frozen)
+    statistics = {"initializers." + name for name in _norm_statistics(module)}
+    assert len(statistics) == 2  # the BatchNorm's mean and variance, found in the graph
+    assert not statistics & trainable
+    assert statistics <= {name for name, _ in module.named_buffers()}
     module.train()
     for sub in module.modules():
         if isinstance(sub, torch.nn.modules.batchnorm._BatchNorm):

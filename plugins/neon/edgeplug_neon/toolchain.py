@@ -54,7 +54,20 @@ def find(
             f"{DEBIAN_PACKAGES} or pass -o neon.target=host (or -o neon.verify=false)"
         )
     sysroot = next((p for p in ("/usr/aarch64-linux-gnu",) if Path(p).is_dir()), None)
-    return Toolchain(host, cross, qemu, sysroot, dotprod, host_march(cpu_info()))
+    march = host_march(cpu_info())
+    if not _compiler_takes(host, march):  # x86-64-v3/v4 need gcc 11 or clang 12
+        march = "-march=native"
+    return Toolchain(host, cross, qemu, sysroot, dotprod, march)
+
+
+def _compiler_takes(cc: str, flag: str) -> bool:
+    try:
+        proc = subprocess.run(
+            [cc, flag, "-x", "c", "-fsyntax-only", "-"], input="", capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
 
 
 def host_march(cpu: dict) -> str:

@@ -21,15 +21,10 @@ from edgeplug.plugin_api import set_metadata
 
 from .settings import DEFAULT_SPARSITY, PruneSettings
 
-KERAS_SUFFIXES = {".h5", ".hdf5", ".keras"}
 INSTALL = "pip install 'edgeplug-prune[keras]'"
 OPSET = 17
 TRAINED_KEY = "edgeplug.prune.trained_sparsity"
 TRAINED_STEP = "prune:tfmot"
-
-
-def is_keras(path: Path) -> bool:
-    return path.suffix.lower() in KERAS_SUFFIXES or (path.is_dir() and (path / "saved_model.pb").exists())
 
 
 def _imports() -> tuple[Any, Any, Any, Any]:

@@ -8,10 +8,10 @@ from typing import Any
 
 import onnx
 from edgeplug import Capabilities, Model, PluginError, RunContext, hookimpl
-from edgeplug.plugin_api import DYNAMIC_INT8, FORMS, QDQ_INT8, get_metadata
+from edgeplug.plugin_api import DYNAMIC_INT8, FORMS, QDQ_INT8, get_metadata, is_keras_path
 
 from .accounting import compare_layers, totals
-from .keras_training import TRAINED_KEY, TRAINED_STEP, is_keras, prune_keras
+from .keras_training import TRAINED_KEY, TRAINED_STEP, prune_keras
 from .magnitude import has_float_weights, is_quantized, prune_weights
 from .reconstruct import reconstruct
 from .search import bisect_sparsity
@@ -37,7 +37,7 @@ def plugin_options() -> type[PruneSettings]:
 @hookimpl
 def load_model(path: Path, ctx: RunContext) -> Model | None:
     """Keras files (.h5, .keras, SavedModel folders): prune while fine-tuning with tfmot, export to ONNX."""
-    if not is_keras(path):
+    if not is_keras_path(path):
         return None
     settings: PruneSettings = ctx.settings
     return prune_keras(path, ctx, settings.checked())

@@ -75,8 +75,6 @@ def plan(proto: onnx.ModelProto, facts: Facts, table_for: Any) -> Plan:
         result.recipes.append(recipe)
         return result
 
-    calibration = facts.options.get("calibration") or "minmax"
-    static_extra = {"QuantizeBias": False} if INT8_QDQ_ONLY in facts.target else {}
     if not fits["static"]:
         result.skipped.append({"recipe": "static", "why": "a later plugin does not consume int8 Q/DQ"})
     elif not facts.static_data:
@@ -84,18 +82,7 @@ def plan(proto: onnx.ModelProto, facts: Facts, table_for: Any) -> Plan:
             {"recipe": "static", "why": "needs real calibration data (--data FILE, or --data random)"}
         )
     else:
-        base = Recipe(
-            "static",
-            per_channel=types.per_channel,
-            calibration=calibration,
-            activation_type=types.activation_type,
-            weight_type=types.weight_type,
-            reduce_range=types.reduce_range,
-            symmetric=types.symmetric,
-            table=table_for(calibration),
-            extra=static_extra,
-            **common,
-        )
+        base = _static(facts, table_for, common)
         result.recipes.append(base)
         if not types.symmetric:
             if "activation_type" not in user:
@@ -159,6 +146,13 @@ def _explicit(facts: Facts, proto: onnx.ModelProto, table_for: Any, common: dict
             dynamic_ops=ops,
             **common,
         )
+    return _static(facts, table_for, common)
+
+
+def _static(facts: Facts, table_for: Any, common: dict[str, Any]) -> Recipe:
+    """Static Q/DQ with the fitted types and the primary calibration method; float biases for a target that
+    parses int8 Q/DQ only."""
+    types = facts.types
     calibration = facts.options.get("calibration") or "minmax"
     return Recipe(
         "static",

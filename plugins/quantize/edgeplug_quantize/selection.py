@@ -210,6 +210,7 @@ class Selection:
             self.log(note)
             self.outcome.notes.append(note)
             self.timer, self.outcome.timed = None, False
+            self.outcome.float_latency_ms = None
             for variant in self.outcome.variants:
                 variant.latency_ms = None
             return
@@ -258,8 +259,6 @@ class Selection:
         if len(usable) > 1:
             self.time(usable, with_float=True)
         order = by_speed(usable, lambda v: v.latency_ms)  # a tie within the noise: the plan's order
-        if self.timer is None and len(usable) > 1:
-            order = usable  # the target's order of preference
         best: Variant | None = None
         for variant in order:
             if not self.beats_float(variant):
