@@ -116,12 +116,27 @@ def train(images: np.ndarray, labels: np.ndarray) -> FashionResNet:
         torch.set_num_threads(threads)
 
 
+def calibration_pick(count: int) -> np.ndarray:
+    """Indices of the training images in calibration.npz (the seeded choice `build` makes)."""
+    return np.random.default_rng(SEED).choice(count, CALIBRATION, replace=False)
+
+
+def write_training(path: Path, count: int = 10_000, seed: int = 1) -> Path:
+    """`count` labelled training images, none of them in calibration.npz (nor in the test set), written to
+    `path` (.npz with `input` and `labels`): training data for distillation, which 512 images do not give."""
+    images, labels = load("train")
+    rest = np.setdiff1d(np.arange(len(images)), calibration_pick(len(images)))
+    pick = np.random.default_rng(seed).choice(rest, min(count, len(rest)), replace=False)
+    np.savez(path, input=images[pick], labels=labels[pick])
+    return path
+
+
 def build(out: Path, deps: Mapping[str, Path]) -> Built:
     train_x, train_y = load("train")
     test_x, test_y = load("t10k")
     model = train(train_x, train_y)
     torch.save(model.state_dict(), out / "fashion_cnn.pt")
-    pick = np.random.default_rng(SEED).choice(len(train_x), CALIBRATION, replace=False)
+    pick = calibration_pick(len(train_x))
     np.savez_compressed(out / "calibration.npz", input=train_x[pick], labels=train_y[pick])
     np.savez_compressed(out / "evaluation.npz", input=test_x, labels=test_y)
     meta = {"edgeplug.zoo.entry": "fashion_cnn"}

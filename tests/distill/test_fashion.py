@@ -30,16 +30,27 @@ def accuracy(model: Path, images: np.ndarray, labels: np.ndarray) -> float:
 
 
 def test_distillation_recovers_the_pruned_fashion_cnn(fashion, tmp_path: Path) -> None:
-    """Calibration: the zoo's 512 training images (reconstruction, distillation); labelled accuracy on the
-    10,000 test images, which neither step sees. The test states both numbers when it fails."""
+    """Calibration: the zoo's 512 training images (prune's reconstruction). Distillation trains on 30,000
+    other labelled training images (`distill.data`): 512 are too few to retrain half the channels, and 10,000
+    for 8 epochs reached 0.9089. Labelled accuracy on the 10,000 test images, which no step sees; the test
+    states all three numbers when it fails. The chain is the README's (fuse first): with BatchNorm folded,
+    pruning half the channels loses 3.5 points (with BatchNorm kept, 0.95). Measured (2-core Xeon): 0.9210
+    unpruned, 0.8861 pruned, 0.9127 distilled (5 epochs, 1 thread, 3.3 min)."""
+    from benchmarks.zoo.fashion_cnn import write_training
+
     model, data = fashion.models["model_bn"], fashion.data
+    training = write_training(tmp_path / "training.npz", count=30_000)
     with np.load(data["evaluation"]) as npz:
         images, labels = npz["input"], npz["labels"]
     prune = {"mode": "structured", "sparsity": 0.5, "min_cosine": -1.0}
     runs = {}
     for name, chain, options in (
-        ("pruned", ["prune"], {"prune": prune}),
-        ("distilled", ["prune", "distill"], {"prune": prune, "distill": {"min_top1": 0.0, "lr": 1e-3}}),
+        ("pruned", ["fuse", "prune"], {"prune": prune}),
+        (
+            "distilled",
+            ["fuse", "prune", "distill"],
+            {"prune": prune, "distill": {"min_top1": 0.0, "lr": 1e-3, "epochs": 5, "data": str(training)}},
+        ),
     ):
         runs[name] = edgeplug.optimize(
             model,
@@ -54,3 +65,4 @@ def test_distillation_recovers_the_pruned_fashion_cnn(fashion, tmp_path: Path) -
     distilled = accuracy(runs["distilled"].output_dir / model.name, images, labels)
     assert base - pruned > 0.01, (base, pruned)
     assert base - distilled <= 0.01, (base, pruned, distilled)
+    print(f"accuracy: unpruned {base:.4f}, pruned {pruned:.4f}, distilled {distilled:.4f}")
