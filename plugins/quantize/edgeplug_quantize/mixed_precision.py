@@ -14,6 +14,7 @@ from edgeplug.plugin_api import RunContext, Verdict
 
 from .calibration import Sample
 from .judging import Judge, describe, metric_values, rank_key, shortfall
+from .keep_float import float_in_place
 from .ptq import Recipe, compute_nodes, quantize
 
 
@@ -62,6 +63,8 @@ class Search:
         self.count = sensitivity_samples
         self.evaluations = 0
         self._cache: dict[tuple[frozenset[str], bool], tuple[onnx.ModelProto, Verdict]] = {}
+        # NNCF's builds cost ~15 s each: its nodes are put back in float in the quantized model instead
+        self._in_place: onnx.ModelProto | None = None
 
     def out_of_time(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline
@@ -70,7 +73,10 @@ class Search:
         """Quantize with `kept` in float and judge it (all validation samples, or the ranking subset)."""
         key = (frozenset(kept), full)
         if key not in self._cache:
-            proto = quantize(self.proto, self.recipe.excluding(kept), self.calibration)
+            if self._in_place is not None:
+                proto = float_in_place(self._in_place, self.proto, kept)
+            else:
+                proto = quantize(self.proto, self.recipe.excluding(kept), self.calibration)
             verdict = self.judge.full(proto) if full else self.judge.subset(proto, self.count)
             self.evaluations += 1
             self._cache[key] = (proto, verdict)
@@ -81,6 +87,8 @@ class Search:
         it (or the time budget ran out first)."""
         nodes = compute_nodes(self.proto, self.recipe)
         plain_proto, plain = start or self.evaluate([])
+        if self.recipe.engine == "nncf":
+            self._in_place = plain_proto
         self._cache[(frozenset(), True)] = (plain_proto, plain)
         if plain.passed:
             return SearchResult(plain_proto, plain, [], len(nodes), _short(plain), _short(plain))

@@ -44,6 +44,13 @@ OPTIONS: list[Option] = [
         True,
         "when a recipe misses the budget, keep the tensors and nodes that cause it in float",
     ),
+    Option(
+        "nncf",
+        "bool",
+        True,
+        "auto also tries NNCF's bias-corrected static recipe on convolutional networks (needs nncf: "
+        "pip install edgeplug-quantize[nncf])",
+    ),
     Option("per_channel", "bool", None, "quantize weights per output channel (default: chosen)"),
     Option(
         "calibration",

@@ -32,6 +32,7 @@ from .calibration import check_samples, check_table, check_table_target, strided
 from .cpu_fit import choose_types
 from .int8_weights import pack_qat_weights
 from .judging import Judge
+from .nncf_ptq import available as nncf_available
 from .options import OPTIONS, QAT_KEYS, TYPE_KEYS, check_counts, time_budget
 from .prepare import prepare
 from .ptq import Recipe, compute_nodes, resolve_exclusions
@@ -118,6 +119,7 @@ def transform_graph(model: Model, ctx: RunContext) -> Model | None:
         static_data=_static_data(ctx),
         exclude_nodes=names,
         exclude_types=types,
+        nncf=bool(opts.get("nncf", True)) and nncf_available(),
     )
     with tempfile.TemporaryDirectory(prefix="edgeplug-quant-") as tmp:
         scratch = Path(tmp)

@@ -18,6 +18,7 @@ from edgeplug.plugin_api import OptionError, PluginError
 
 from .calibration import METHODS, Sample, SampleReader, strided
 from .keep_float import detach_from_dequantize
+from .nncf_ptq import quantize_nncf
 from .prepare import internalize
 
 # Ops onnxruntime quantizes whose cost is real arithmetic: what the per-node sensitivity search may keep float.
@@ -53,6 +54,7 @@ class Recipe:
     dynamic_ops: tuple[str, ...] = DYNAMIC_OPS
     extra: dict[str, Any] = field(default_factory=dict)
     float_tensors: tuple[str, ...] = ()  # tensors kept float: their producer and consumers are excluded
+    engine: str = "onnxruntime"  # static only: onnxruntime's quantize_static, or "nncf" (nncf_ptq.py)
 
     def excluding(self, nodes: Sequence[str]) -> Recipe:
         return replace(self, exclude_nodes=tuple(dict.fromkeys((*self.exclude_nodes, *nodes))))
@@ -76,7 +78,9 @@ class Recipe:
             parts.append("+Conv")
         if self.reduce_range:
             parts.append("reduce_range")
-        if self.mode == "static":
+        if self.mode == "static" and self.engine == "nncf":
+            parts.append("nncf bias-corrected")
+        elif self.mode == "static":
             if self.symmetric:
                 parts.append("symmetric")
             parts.append(self.calibration)
@@ -94,8 +98,11 @@ class Recipe:
                 data.update(
                     activation_type=self.activation_type,
                     symmetric=self.symmetric,
-                    calibration=self.calibration,
+                    calibration="nncf (minmax, full bias correction)"
+                    if self.engine == "nncf"
+                    else self.calibration,
                     format="QDQ",
+                    engine=self.engine,
                 )
             else:
                 data["activation_type"] = "u8 (dynamic, computed per inference)"
@@ -204,14 +211,23 @@ def quantize(
         # Pass a path: given a ModelProto, onnxruntime saves it as external data in place (mutating it).
         source = Path(tmp) / "float.onnx"
         onnx.save(proto, str(source))
+        nncf = recipe.mode == "static" and recipe.engine == "nncf"
+        # NNCF raises its own error types (nncf.ValidationError, nncf.InternalError...): all are its refusal
+        caught: tuple[type[BaseException], ...] = (
+            (Exception,) if nncf else (ValueError, RuntimeError, KeyError, AssertionError)
+        )
         try:
-            if recipe.mode == "static":
+            if nncf:
+                if not calibration:
+                    raise ValueError("NNCF's recipe needs calibration samples")
+                onnx.save(quantize_nncf(proto, recipe, calibration), str(out))
+            elif recipe.mode == "static":
                 _static(source, out, recipe, calibration)
             else:
                 _dynamic(source, out, recipe, {n.name for n in proto.graph.node if n.op_type == "Gemm"})
-        except (ValueError, RuntimeError, KeyError, AssertionError) as exc:
+        except caught as exc:
             raise PluginError(
-                f"quant: onnxruntime could not quantize this model ({recipe.mode}): "
+                f"quant: {'NNCF' if nncf else 'onnxruntime'} could not quantize this model ({recipe.mode}): "
                 f"{_first_line(exc)}; exclude the failing node or op type with -o quant.exclude=..."
             ) from None
         result = internalize(onnx.load(str(out), load_external_data=False), out.parent)

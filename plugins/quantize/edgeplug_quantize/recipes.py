@@ -1,6 +1,7 @@
 """The recipes auto tries: those that fit the model (MatMul-heavy encoder or convolutional network), the chain
 (only forms every later plugin consumes; the target's symmetric int8 and int8-only Q/DQ), the CPU (u8/s8,
-reduce_range without VNNI) and the data (static needs real calibration data); and for each recipe its
+reduce_range without VNNI) and the data (static needs real calibration data), with NNCF's bias-corrected static
+recipe for convolutional networks where NNCF is installed; and for each recipe its
 accuracy alternatives, which keep the same graph (so the same latency) and change only numbers: the
 calibration method and reduce_range."""
 
@@ -35,6 +36,7 @@ class Facts:
     static_data: bool  # real (or explicitly random) calibration data is available
     exclude_nodes: tuple[str, ...] = ()
     exclude_types: tuple[str, ...] = ()
+    nncf: bool = False  # NNCF is installed and the user did not turn its recipe off (quant.nncf)
 
 
 @dataclass
@@ -90,6 +92,12 @@ def plan(proto: onnx.ModelProto, facts: Facts, table_for: Any) -> Plan:
                 result.recipes.append(replace(base, activation_type=other))
             if profile == "convolutional" and "per_channel" not in user and base.per_channel:
                 result.recipes.append(replace(base, per_channel=False))
+        if profile == "convolutional":
+            why_not = _why_not_nncf(facts, user)
+            if why_not:
+                result.skipped.append({"recipe": "static nncf bias-corrected", "why": why_not})
+            else:
+                result.recipes.append(Recipe("static", engine="nncf", table=None, **common))
     if fits["dynamic"] and profile == "convolutional" and result.recipes:
         # timed like the others: ConvInteger is slower than float on onnxruntime's CPU kernels, so it wins
         # only where that is not so; it is verified only if it is the fastest
@@ -132,6 +140,22 @@ def plan(proto: onnx.ModelProto, facts: Facts, table_for: Any) -> Plan:
     return result
 
 
+def _why_not_nncf(facts: Facts, user: set[str]) -> str | None:
+    """Why auto does not try NNCF's bias-corrected static recipe (nncf_ptq.py) here, or None."""
+    if not facts.nncf:
+        return "nncf is not installed (pip install edgeplug-quantize[nncf]) or quant.nncf=false"
+    fixed = sorted(
+        user & {"activation_type", "weight_type", "reduce_range", "symmetric", "per_channel", "calibration"}
+    )
+    if fixed:
+        return f"the user fixed {', '.join(fixed)} (onnxruntime's recipe only)"
+    if facts.types.symmetric or INT8_QDQ_ONLY in facts.target:
+        return "the target wants symmetric int8 Q/DQ"
+    if needs_reduce_range(facts.cpu):
+        return "its full-range s8 weights saturate u8 x s8 products on a CPU without VNNI"
+    return None
+
+
 def _explicit(facts: Facts, proto: onnx.ModelProto, table_for: Any, common: dict[str, Any]) -> Recipe:
     types = facts.types
     if facts.mode == "fp16":
@@ -172,6 +196,8 @@ def alternatives(recipe: Recipe, facts: Facts, table_for: Any) -> list[Recipe]:
     """Same graph, other numbers: the calibration methods and reduce_range the user did not fix."""
     user = {k for k, v in facts.options.items() if v is not None}
     found: list[Recipe] = []
+    if recipe.engine == "nncf":
+        return found  # its calibration and reduce_range are NNCF's own
     if recipe.mode == "static" and "calibration" not in user:
         for method in CALIBRATION_ORDER:
             if method != recipe.calibration:
