@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from edgeplug.plugin_api import DYNAMIC_INT8, FP16, QDQ_INT8
 from edgeplug_quantize.cpu_fit import TypeChoice
 from edgeplug_quantize.nncf_ptq import integer_biases, unsigned_activations
 from edgeplug_quantize.recipes import Facts, plan
@@ -25,14 +26,14 @@ from .models import CPU_LIKE, op_cost_timer
 VNNI_CPU = {"machine": "x86_64", "flags": ["avx2", "avx512_vnni"], "int8_dot": True, "vnni": True}
 
 
-def qdq_conv(activation_zero_point: int = 3) -> onnx.ModelProto:
+def qdq_conv() -> onnx.ModelProto:
     """x -> Q/DQ (int8, zero point 3) -> Conv (s8 per-channel weight, float bias) -> Q/DQ (int8) -> y: NNCF's
     layout of one layer."""
     rng = np.random.default_rng(0)
     weight = rng.integers(-127, 128, (4, 3, 3, 3)).astype(np.int8)
     inits = [
         numpy_helper.from_array(np.float32(0.02), "x_scale"),
-        numpy_helper.from_array(np.int8(activation_zero_point), "x_zp"),
+        numpy_helper.from_array(np.int8(3), "x_zp"),
         numpy_helper.from_array(weight, "w_q"),
         numpy_helper.from_array(rng.uniform(0.001, 0.004, 4).astype(np.float32), "w_scale"),
         numpy_helper.from_array(np.zeros(4, np.int8), "w_zp"),
@@ -61,10 +62,10 @@ def qdq_conv(activation_zero_point: int = 3) -> onnx.ModelProto:
     return model
 
 
-def _run(model: onnx.ModelProto, x: np.ndarray, qdq_as_float: bool = True) -> np.ndarray:
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """Q/DQ as float operators: the exact arithmetic, independent of this CPU's int8 kernels."""
     options = ort.SessionOptions()
-    if qdq_as_float:  # Q/DQ as float operators: the exact arithmetic, independent of this CPU's int8 kernels
-        options.add_session_config_entry("session.disable_quant_qdq", "1")
+    options.add_session_config_entry("session.disable_quant_qdq", "1")
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return session.run(None, {"x": x})[0]
 
@@ -147,7 +148,7 @@ def _facts(**changes: object) -> Facts:
         "options": {},
         "types": TypeChoice("u8", "s8", False, False, True),
         "cpu": VNNI_CPU,
-        "downstream": frozenset({"qdq_int8", "dynamic_int8", "fp16"}),
+        "downstream": frozenset({QDQ_INT8, DYNAMIC_INT8, FP16}),
         "target": frozenset(),
         "static_data": True,
         "nncf": True,
@@ -164,19 +165,16 @@ def _nncf_planned(facts: Facts) -> tuple[bool, str]:
 
 
 def test_auto_plans_nncf_only_where_it_fits() -> None:
-    from edgeplug.plugin_api import DYNAMIC_INT8, FP16, QDQ_INT8
-
-    downstream = frozenset({QDQ_INT8, DYNAMIC_INT8, FP16})
-    assert _nncf_planned(_facts(downstream=downstream)) == (True, "")
-    planned, why = _nncf_planned(_facts(downstream=downstream, nncf=False))
+    assert _nncf_planned(_facts()) == (True, "")
+    planned, why = _nncf_planned(_facts(nncf=False))
     assert not planned and "not installed" in why
-    planned, why = _nncf_planned(_facts(downstream=downstream, options={"calibration": "entropy"}))
+    planned, why = _nncf_planned(_facts(options={"calibration": "entropy"}))
     assert not planned and "calibration" in why
     no_vnni = {"machine": "x86_64", "flags": ["avx2"], "int8_dot": False, "vnni": False}
-    planned, why = _nncf_planned(_facts(downstream=downstream, cpu=no_vnni))
+    planned, why = _nncf_planned(_facts(cpu=no_vnni))
     assert not planned and "VNNI" in why
     symmetric = TypeChoice("s8", "s8", False, True, True)
-    planned, why = _nncf_planned(_facts(downstream=downstream, types=symmetric))
+    planned, why = _nncf_planned(_facts(types=symmetric))
     assert not planned and "symmetric" in why
 
 
