@@ -97,34 +97,18 @@ def float_in_place(
                     graph.initializer.append(float_inits[source.input[index]])
                     inits.add(source.input[index])
                 node.input[index] = source.input[index]
-    _drop_dead(graph)
-    return result
+    return drop_unused(result)
 
 
-def _drop_dead(graph: onnx.GraphProto) -> None:
-    """Remove nodes none of whose outputs is used, and initializers nothing reads, until none is left."""
-    outputs = {o.name for o in graph.output} | _subgraph_inputs(graph)
-    while True:
-        used = {name for n in graph.node for name in n.input} | outputs
-        live = [n for n in graph.node if any(o in used for o in n.output)]
-        if len(live) == len(graph.node):
-            break
-        del graph.node[:]
-        graph.node.extend(live)
-    used = {name for n in graph.node for name in n.input} | outputs
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+def drop_unused(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model without nodes whose outputs nothing reads and initializers nothing reads (subgraphs
+    included): onnx-graphsurgeon's cleanup."""
+    import onnx_graphsurgeon as gs
 
-
-def _subgraph_inputs(graph: onnx.GraphProto) -> set[str]:
-    """Names read inside the subgraphs (If, Loop, Scan bodies) of the graph's nodes: outer-scope values."""
-    found: set[str] = set()
-    for node in graph.node:
-        for attribute in node.attribute:
-            bodies = list(attribute.graphs)
-            if attribute.HasField("g"):
-                bodies.append(attribute.g)
-            for body in bodies:
-                found |= {name for n in body.node for name in n.input} | _subgraph_inputs(body)
-    return found
+    graph = gs.import_onnx(model)
+    graph.cleanup()
+    cleaned = gs.export_onnx(graph)
+    cleaned.ir_version = model.ir_version
+    del cleaned.metadata_props[:]
+    cleaned.metadata_props.extend(model.metadata_props)
+    return cleaned

@@ -10,7 +10,8 @@ exactly, or within int32 rounding of the bias:
   input scale x weight scale (what onnxruntime's quantizer writes), so the node fuses into QLinearConv;
 - each int8 activation quantizer becomes uint8 with its zero point + 128 (the same values: onnxruntime fuses
   only when a node's input and output types agree).
-Measured on MobileNetV2 at 1 thread, FP32 timed beside each (a loaded 2-core Xeon with VNNI): NNCF's defaults
+Timed once while writing this (MobileNetV2, ImageNet weights, 1 thread, a loaded 2-core Xeon with AVX-512 VNNI
+and AMX; not a benchmark: benchmarks/perf_table.py measures the kept models), FP32 beside each: NNCF's defaults
 26.4 vs 9.1 ms; per-tensor asymmetric activations 8.1 vs 8.3 ms; then both rewrites 4.0 vs 7.0 ms.
 NNCF is optional (`pip install edgeplug-quantize[nncf]`); without it auto does not plan this recipe.
 """
@@ -24,11 +25,14 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from .keep_float import drop_unused
+from .prepare import constants_to_initializers
 
 if TYPE_CHECKING:
     from .ptq import Recipe
@@ -93,27 +97,19 @@ def quantize_nncf(proto: onnx.ModelProto, recipe: Recipe, calibration: Sequence[
             ignored_scope=ignored,
             advanced_parameters=advanced,
         )
+    quantized, _ = constants_to_initializers(quantized)  # scales NNCF writes as Constant nodes, if any
     integer_biases(quantized)
     unsigned_activations(quantized)
-    return quantized
-
-
-def _constants(graph: onnx.GraphProto) -> dict[str, Any]:
-    """Initializers and Constant-node outputs by name (the tensor protos)."""
-    found: dict[str, Any] = {t.name: t for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            found[node.output[0]] = node.attribute[0].t
-    return found
+    return drop_unused(quantized)  # the float biases replaced by int32 ones
 
 
 def integer_biases(model: onnx.ModelProto) -> list[str]:
     """Replace the float bias of every Conv/ConvTranspose/Gemm fed by dequantized input and weight with
-    DequantizeLinear(int32 bias, input scale x weight scale, 0), in place. A bias whose scale is zero or whose
-    integer would overflow int32 stays float. Returns the nodes changed."""
+    DequantizeLinear(int32 bias, input scale x weight scale, 0), in place (scales and biases are read from
+    initializers; the float biases are left for `drop_unused`). A bias whose scale is zero or whose integer
+    would overflow int32 stays float. Returns the nodes changed."""
     graph = model.graph
-    consts = _constants(graph)
-    inits = {t.name for t in graph.initializer}
+    consts = {t.name: t for t in graph.initializer}
     made = {out: n for n in graph.node for out in n.output}
     added: list[onnx.NodeProto] = []
     changed: list[str] = []
@@ -121,7 +117,7 @@ def integer_biases(model: onnx.ModelProto) -> list[str]:
         if node.op_type not in ("Conv", "ConvTranspose", "Gemm") or len(node.input) < 3:
             continue
         bias_name = node.input[2]
-        if bias_name not in inits:
+        if bias_name not in consts:
             continue
         x_dq, w_dq = made.get(node.input[0]), made.get(node.input[1])
         if not (x_dq and w_dq and x_dq.op_type == w_dq.op_type == "DequantizeLinear"):
@@ -162,7 +158,6 @@ def integer_biases(model: onnx.ModelProto) -> list[str]:
         nodes = [*added, *graph.node]
         del graph.node[:]
         graph.node.extend(nodes)
-        _drop_unused_initializers(graph)
     return changed
 
 
@@ -205,10 +200,3 @@ def unsigned_activations(model: onnx.ModelProto) -> int:
     if changed:
         del graph.value_info[:]  # the types of the quantized tensors changed; onnxruntime re-infers them
     return changed
-
-
-def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)

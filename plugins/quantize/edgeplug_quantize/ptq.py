@@ -210,8 +210,9 @@ def quantize(
         out = Path(tmp) / "quantized.onnx"
         # Pass a path: given a ModelProto, onnxruntime saves it as external data in place (mutating it).
         source = Path(tmp) / "float.onnx"
-        onnx.save(proto, str(source))
         nncf = recipe.mode == "static" and recipe.engine == "nncf"
+        if not nncf:  # NNCF takes the ModelProto
+            onnx.save(proto, str(source))
         # NNCF raises its own error types (nncf.ValidationError, nncf.InternalError...): all are its refusal
         caught: tuple[type[BaseException], ...] = (
             (Exception,) if nncf else (ValueError, RuntimeError, KeyError, AssertionError)
