@@ -10,6 +10,7 @@ from edgeplug.plugin_api import Option, OptionError, parse_duration
 
 MODES = ("auto", "static", "dynamic", "fp16")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
+ROUNDINGS = ("nearest", "gptq")
 INT8_TYPES = ("u8", "s8")
 
 # Default budget: every output's cosine with the float model on every validation sample (the worst sample,
@@ -58,6 +59,14 @@ OPTIONS: list[Option] = [
         None,
         "static calibration method: minmax | entropy | percentile (default: minmax, others tried by auto)",
         CALIBRATIONS,
+    ),
+    Option(
+        "rounding",
+        "str",
+        None,
+        "static int8 weights: nearest | gptq (each Conv/Gemm/MatMul's rounding errors compensated through its "
+        "calibration inputs; same scales and speed); default nearest, gptq tried by auto when a recipe misses",
+        ROUNDINGS,
     ),
     Option("exclude", "list", [], "node names or op types (e.g. Softmax) kept in float"),
     Option(

@@ -111,7 +111,7 @@ def transform_graph(model: Model, ctx: RunContext) -> Model | None:
     ctx.record("types", choice.as_dict())
     facts = Facts(
         mode=mode,
-        options={k: opts.get(k) for k in (*TYPE_KEYS, "calibration")},
+        options={k: opts.get(k) for k in (*TYPE_KEYS, "calibration", "rounding")},
         types=choice,
         cpu=cpu_info(),
         downstream=ctx.downstream,

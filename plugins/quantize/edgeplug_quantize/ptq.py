@@ -20,6 +20,7 @@ from .calibration import METHODS, Sample, SampleReader, strided
 from .keep_float import detach_from_dequantize
 from .nncf_ptq import quantize_nncf
 from .prepare import internalize
+from .rounding import ROUNDING_SAMPLES, compensate, spread
 
 # Ops onnxruntime quantizes whose cost is real arithmetic: what the per-node sensitivity search may keep float.
 COMPUTE_OPS = (
@@ -55,6 +56,7 @@ class Recipe:
     extra: dict[str, Any] = field(default_factory=dict)
     float_tensors: tuple[str, ...] = ()  # tensors kept float: their producer and consumers are excluded
     engine: str = "onnxruntime"  # static only: onnxruntime's quantize_static, or "nncf" (nncf_ptq.py)
+    rounding: str = "nearest"  # static onnxruntime only: or "gptq" (rounding.py)
 
     def excluding(self, nodes: Sequence[str]) -> Recipe:
         return replace(self, exclude_nodes=tuple(dict.fromkeys((*self.exclude_nodes, *nodes))))
@@ -84,6 +86,8 @@ class Recipe:
             if self.symmetric:
                 parts.append("symmetric")
             parts.append(self.calibration)
+            if self.rounding == "gptq":
+                parts.append("gptq rounding")
             if self.extra.get("QuantizeBias") is False:
                 parts.append("float bias")
         return " ".join(parts)
@@ -103,6 +107,7 @@ class Recipe:
                     else self.calibration,
                     format="QDQ",
                     engine=self.engine,
+                    rounding=self.rounding,
                 )
             else:
                 data["activation_type"] = "u8 (dynamic, computed per inference)"
@@ -234,6 +239,10 @@ def quantize(
         result = internalize(onnx.load(str(out), load_external_data=False), out.parent)
     if recipe.mode == "static" and recipe.exclude_nodes:
         detach_from_dequantize(result, proto, recipe.exclude_nodes)
+    if recipe.mode == "static" and recipe.engine == "onnxruntime" and recipe.rounding == "gptq":
+        if not calibration:
+            raise PluginError("quant: gptq rounding needs calibration samples (--data or --calibration-data)")
+        compensate(result, proto, spread(calibration, ROUNDING_SAMPLES))
     if recipe.mode == "dynamic":
         # Inferred value_info left in a dynamically quantized model slows onnxruntime down: on BERT-base at
         # 1 thread, 45.2 ms with it and 33.5 ms without (benchmarks/perf_table.py); onnxruntime re-infers.

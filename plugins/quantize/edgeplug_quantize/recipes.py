@@ -2,8 +2,8 @@
 (only forms every later plugin consumes; the target's symmetric int8 and int8-only Q/DQ), the CPU (u8/s8,
 reduce_range without VNNI) and the data (static needs real calibration data), with NNCF's bias-corrected static
 recipe for convolutional networks where NNCF is installed; and for each recipe its
-accuracy alternatives, which keep the same graph (so the same latency) and change only numbers: the
-calibration method and reduce_range."""
+accuracy alternatives, which keep the same graph (so the same latency) and change only numbers: the weights'
+rounding, the calibration method and reduce_range."""
 
 from __future__ import annotations
 
@@ -145,7 +145,16 @@ def _why_not_nncf(facts: Facts, user: set[str]) -> str | None:
     if not facts.nncf:
         return "nncf is not installed (pip install edgeplug-quantize[nncf]) or quant.nncf=false"
     fixed = sorted(
-        user & {"activation_type", "weight_type", "reduce_range", "symmetric", "per_channel", "calibration"}
+        user
+        & {
+            "activation_type",
+            "weight_type",
+            "reduce_range",
+            "symmetric",
+            "per_channel",
+            "calibration",
+            "rounding",
+        }
     )
     if fixed:
         return f"the user fixed {', '.join(fixed)} (onnxruntime's recipe only)"
@@ -188,16 +197,20 @@ def _static(facts: Facts, table_for: Any, common: dict[str, Any]) -> Recipe:
         symmetric=types.symmetric,
         table=table_for(calibration),
         extra={"QuantizeBias": False} if INT8_QDQ_ONLY in facts.target else {},
+        rounding=facts.options.get("rounding") or "nearest",
         **common,
     )
 
 
 def alternatives(recipe: Recipe, facts: Facts, table_for: Any) -> list[Recipe]:
-    """Same graph, other numbers: the calibration methods and reduce_range the user did not fix."""
+    """Same graph, other numbers: GPTQ's rounding, the calibration methods and reduce_range the user did not
+    fix. GPTQ first: it is the one that removes weight error (rounding.py)."""
     user = {k for k, v in facts.options.items() if v is not None}
     found: list[Recipe] = []
     if recipe.engine == "nncf":
-        return found  # its calibration and reduce_range are NNCF's own
+        return found  # its calibration, rounding and reduce_range are NNCF's own
+    if recipe.mode == "static" and "rounding" not in user and recipe.rounding == "nearest":
+        found.append(replace(recipe, rounding="gptq"))
     if recipe.mode == "static" and "calibration" not in user:
         for method in CALIBRATION_ORDER:
             if method != recipe.calibration:

@@ -437,8 +437,14 @@ class Selection:
             self.sensitivity_samples,
             self.deadline,
         )
-        result = search.run((base.proto, base.verdict))
         record: dict[str, Any] = {"variant": base.label, "origin": base.origin}
+        try:
+            result = search.run((base.proto, base.verdict))
+        except EdgeplugError as exc:  # a trial onnxruntime cannot run: the step goes on without the search
+            self.log(f"sensitivity search failed: {exc}")
+            record["result"] = f"failed: {exc}"
+            self.outcome.search = record
+            return None
         if result is None:
             record["result"] = "no float set meets the budget"
             self.outcome.search = record
