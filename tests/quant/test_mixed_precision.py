@@ -175,3 +175,27 @@ def test_no_variant_meets_an_impossible_budget_exit_1_with_every_score(outlier_n
     rows = step["details"]["candidates"]
     assert len(rows) >= 2 and all("metrics" in r for r in rows if r["status"] != "not tried")
     assert step["details"]["chosen"]["status"].startswith("closest")
+
+
+def test_a_search_trial_onnxruntime_cannot_load_is_reported_not_fatal(tmp_path, monkeypatch):
+    """The step goes on without the search (here: to its closest variant, exit 1 as for any miss) and the
+    report says why the search gave nothing."""
+    from edgeplug.plugin_api import EdgeplugError
+    from edgeplug_quantize import selection
+
+    def broken(self, start=None):
+        raise EdgeplugError("onnxruntime cannot load the model: Duplicate definition of name (w)")
+
+    monkeypatch.setattr(selection.Search, "run", broken)
+    path = tmp_path / "clean.onnx"
+    onnx.save(gemm_chain(WIDTHS), path)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.random.default_rng(3).standard_normal((400, 32)).astype(np.float32))
+    result = run_cli(
+        "run", path, "--plugins", "quant", "--data", data, "--output-dir", tmp_path / "out",
+        "-o", "quant.mode=static", "-o", "quant.min_cosine=0.9999",
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    search = _step(report)["details"]["mixed_precision"]
+    assert search["result"].startswith("failed: onnxruntime cannot load the model")
