@@ -64,6 +64,7 @@ from .verify import (
     first_divergence,
     intermediate_outputs,
     outputs_of,
+    tensor_session,
 )
 
 __all__ = [
@@ -129,5 +130,6 @@ __all__ = [
     "sha256_file",
     "sidecar_path",
     "structure_problem",
+    "tensor_session",
     "write_json",
 ]

@@ -515,17 +515,23 @@ def _compact(profile: list[dict[str, Any]], limit: int = 400) -> list[dict[str, 
     ]
 
 
+def tensor_session(model: Model, names: Sequence[str] | None = None, qdq_as_float: bool = False) -> Any:
+    """A session whose outputs are the model's outputs and the named tensors (every tensor a node computes when
+    `names` is None), graph optimizations off so that each node runs; reuse it for many samples."""
+    proto = model.copy_proto()
+    existing = {o.name for o in proto.graph.output}
+    wanted = names if names is not None else [name for node in proto.graph.node for name in node.output]
+    for name in wanted:
+        if name and name not in existing:
+            proto.graph.output.append(onnx.ValueInfoProto(name=name))
+            existing.add(name)
+    return session(proto.SerializeToString(), optimize=False, qdq_as_float=qdq_as_float)
+
+
 def intermediate_outputs(
     model: Model, sample: dict[str, np.ndarray], qdq_as_float: bool = False
 ) -> dict[str, np.ndarray]:
     """Every tensor a node computes, on one sample (graph optimizations off, so each node runs)."""
-    proto = model.copy_proto()
-    existing = {o.name for o in proto.graph.output}
-    for node in proto.graph.node:
-        for name in node.output:
-            if name and name not in existing:
-                proto.graph.output.append(onnx.ValueInfoProto(name=name))
-                existing.add(name)
-    sess = session(proto.SerializeToString(), optimize=False, qdq_as_float=qdq_as_float)
+    sess = tensor_session(model, qdq_as_float=qdq_as_float)
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, (np.asarray(v) for v in sess.run(names, sample))))

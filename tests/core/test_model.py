@@ -6,7 +6,7 @@ import edgeplug.model as model_mod
 import numpy as np
 import onnx
 from edgeplug import Model
-from edgeplug.verify import outputs_of
+from edgeplug.verify import intermediate_outputs, outputs_of, tensor_session
 from onnx import TensorProto, helper
 
 from ..conftest import conv_net
@@ -171,3 +171,15 @@ def test_available_memory_is_positive_and_bounded_by_the_system():
 
     available = model_mod.available_memory()
     assert 0 < available <= psutil.virtual_memory().total
+
+
+def test_tensor_session_exposes_the_named_tensors_or_every_tensor():
+    model = Model(conv_net())
+    x = {"x": np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)}
+    every = intermediate_outputs(model, x)
+    assert set(every) == {o for n in model.proto.graph.node for o in n.output}
+    first = model.proto.graph.node[0].output[0]
+    sess = tensor_session(model, [first])
+    names = [o.name for o in sess.get_outputs()]
+    assert names == [o.name for o in model.proto.graph.output] + [first]
+    np.testing.assert_allclose(sess.run([first], x)[0], every[first])

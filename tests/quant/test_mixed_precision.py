@@ -177,6 +177,7 @@ def test_no_variant_meets_an_impossible_budget_exit_1_with_every_score(outlier_n
     assert step["details"]["chosen"]["status"].startswith("closest")
 
 
+@pytest.mark.int8
 def test_a_search_trial_onnxruntime_cannot_load_is_reported_not_fatal(tmp_path, monkeypatch):
     """The step goes on without the search (here: to its closest variant, exit 1 as for any miss) and the
     report says why the search gave nothing."""

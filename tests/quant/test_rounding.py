@@ -10,6 +10,7 @@ import onnx
 import pytest
 from edgeplug.plugin_api import session
 from edgeplug_quantize.cpu_fit import choose_types
+from edgeplug_quantize.keep_float import float_in_place
 from edgeplug_quantize.ptq import Recipe, quantize
 from edgeplug_quantize.recipes import Facts, alternatives
 from edgeplug_quantize.rounding import gptq, patches, spread
@@ -219,8 +220,6 @@ def _conv_clip_conv() -> onnx.ModelProto:
 
 def test_float_in_place_on_an_onnxruntime_model_redoes_the_folded_clip_and_keeps_names_unique():
     """The sensitivity search of a GPTQ-rounded model puts nodes back in float in the quantized model."""
-    from edgeplug_quantize.keep_float import float_in_place
-
     model = _conv_clip_conv()
     rng = np.random.default_rng(4)
     calibration = [{"x": (rng.standard_normal((1, 3, 8, 8)) * 2).astype(np.float32)} for _ in range(8)]

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from edgeplug.plugin_api import run_all, session
+from edgeplug.plugin_api import Model, run_all, tensor_session
 from onnx import TensorProto, numpy_helper
 
 Sample = dict[str, np.ndarray]
@@ -159,16 +159,8 @@ def hessians(
     quantized: onnx.ModelProto, layers: Sequence[Layer], samples: Sequence[Sample]
 ) -> list[np.ndarray]:
     """H = X^T X per group of each layer, X its inputs with the model's Q/DQ pairs run as float operators."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(quantized)
     names = list(dict.fromkeys(layer.node.input[0] for layer in layers))
-    known = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(
-        onnx.helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
-        for name in names
-        if name not in known
-    )
-    sess = session(probe.SerializeToString(), optimize=False, qdq_as_float=True)
+    sess = tensor_session(Model(quantized), names, qdq_as_float=True)
     rng = np.random.default_rng(0)
     totals: list[np.ndarray | None] = [None] * len(layers)
     for sample in samples:
