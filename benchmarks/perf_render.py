@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.measure import cpu_line, read_block, replace_block
-from benchmarks.perf_verdict import MIN_SPEEDUP_ON_ONE, MINILM_MIN_COSINE, losses, metric_text
+from benchmarks.perf_verdict import FLOAT, MIN_SPEEDUP_ON_ONE, MINILM_MIN_COSINE, losses, metric_text
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCK = "perf"
@@ -49,6 +49,8 @@ def _vs_peer_cell(entry: Mapping[str, Any], row: Mapping[str, Any]) -> str:
         return found["note"]
     speed = found["speed"]
     text = f"{speed['median']:.2f}x vs {found['peer']}"
+    if found["peer"] == FLOAT:
+        text += " (no onnxruntime recipe at our metric)"
     if not found["metric_at_least_peer"]:
         text += " (peer scores higher)"
     return text
@@ -113,6 +115,14 @@ def _target_lines(record: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def rounds_text(record: Mapping[str, Any]) -> str:
+    """How many rounds timed the models: the most common count, and the models merged from a run with another."""
+    counts = {name: entry.get("rounds", record["rounds"]) for name, entry in record["models"].items()}
+    usual = max(sorted(set(counts.values())), key=list(counts.values()).count) if counts else record["rounds"]
+    other = ", ".join(f"{name} {n}" for name, n in counts.items() if n != usual)
+    return f"{usual} rounds" + (f" ({other})" if other else "")
+
+
 def render_readme(record: Mapping[str, Any]) -> str:
     """The README's perf block: everything in it comes from the results file."""
     versions = record.get("versions", {})
@@ -122,7 +132,7 @@ def render_readme(record: Mapping[str, Any]) -> str:
         "",
         f"Measured {record['date'][:10]} with onnxruntime {versions.get('onnxruntime', '?')}, batch 1, "
         f"{record['threads']} thread(s); every variant in a fresh process per round, alternated over "
-        f"{record['rounds']} rounds (p50 = median over rounds; ratios = median of per-round ratios, > 1 means ours "
+        f"{rounds_text(record)} (p50 = median over rounds; ratios = median of per-round ratios, > 1 means ours "
         "is faster). Task metrics on held-out samples no quantizer saw. Reproduce:",
         "",
         *[f"    nice -n 10 {c}" for c in _commands(record)],
@@ -151,7 +161,7 @@ def render_markdown(record: Mapping[str, Any]) -> str:
         f"Date: {record['date']}  ",
         f"CPU: {cpu_line(record['cpu'])}; runtime (CPUID): {', '.join(record['cpu'].get('runtime_features', []))}  ",
         f"Versions: {versions}  ",
-        f"Threads: {record['threads']}; rounds: {record['rounds']}",
+        f"Threads: {record['threads']}; {rounds_text(record)}",
         "",
         *table(record, full=True),
         "",

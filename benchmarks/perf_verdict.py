@@ -17,6 +17,8 @@ TARGET_MODELS = ("mobilenetv2", "yolov8n", "minilm", "fashion_cnn", "bert_base")
 MIN_SPEEDUP_ON_ONE = 1.2
 MINILM_MIN_COSINE = 0.99
 OURS = "edgeplug fuse,quant"
+FLOAT = "FP32"
+FALLBACK = "no onnxruntime recipe reaches our task metric: its user ships the float model"
 # "At least as fast" within quant's own timing tie (the same fraction by which auto calls two candidates equal).
 # Where ours and the peer are the same recipe, computing the same numbers (the Fashion CNN, BERT-base), the
 # paired median of a few rounds on a shared machine fell on either side of 1.0 (stored tables: BERT-base 0.84x
@@ -53,8 +55,12 @@ def _at_least(a: Mapping[str, Any], b: Mapping[str, Any], entry: Mapping[str, An
 
 
 def best_int8_peer(entry: Mapping[str, Any]) -> tuple[Mapping[str, Any] | None, str]:
-    """onnxruntime's best recipe for this model (issue 14): the fastest whose task metric is at least ours;
-    when none is, the one with the best task metric (then ours wins on the metric)."""
+    """onnxruntime's best recipe for this model, as issue 14 defines it: "the fastest of its documented static
+    recipe, dynamic defaults and dynamic per-channel that keeps the same task metric", read as the fastest whose
+    task metric is at least ours. When none of them reaches our task metric, what a user of onnxruntime's tool
+    ships at that metric is the float model: the peer is then FP32 (run by onnxruntime), and the note names the
+    best-scoring onnxruntime recipe with its speed, so the trade ours declined stays in view (it is also a row
+    of `losses`)."""
     ours = row_of(entry, OURS)
     peers = [r for r in entry["rows"] if r["group"] == "int8" and r["by"] != "edgeplug" and timed(r)]
     if not peers or not timed(ours):
@@ -66,7 +72,11 @@ def best_int8_peer(entry: Mapping[str, Any]) -> tuple[Mapping[str, Any] | None, 
         ), "the fastest onnxruntime recipe at our task metric or better"
     primary = entry["judged_by"][0]
     best = max(peers, key=lambda r: -math.inf if r["metrics"].get(primary) is None else r["metrics"][primary])
-    return best, "no onnxruntime recipe reaches our task metric; the best-scoring one"
+    speed = paired_ratio(rounds_of(best), rounds_of(ours))
+    return row_of(entry, FLOAT), (
+        f"{FALLBACK}; its best-scoring one, {best['label']} at {metric_text(entry, best)}, ran "
+        f"{best['p50_ms']:.2f} ms: ours {speed.median:.2f}x that"
+    )
 
 
 def comparisons(entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -89,7 +99,7 @@ def comparisons(entry: Mapping[str, Any]) -> dict[str, Any]:
             "peer": peer["label"],
             "note": note,
             "speed": paired_ratio(rounds_of(peer), rounds_of(row)).as_dict(),
-            "metric_at_least_peer": _at_least(row, peer, entry),
+            "metric_at_least_peer": peer["label"] == FLOAT or _at_least(row, peer, entry),
         }
     return found
 
@@ -135,7 +145,8 @@ def targets(record: Mapping[str, Any]) -> list[Check]:
             checks.append(Check(title, True, note))
             continue
         speed = paired_ratio(rounds_of(peer), rounds_of(ours))
-        metric_ok = _at_least(ours, peer, entry)
+        # against the float model (no onnxruntime recipe reaches our metric) the metric is ours by the budget
+        metric_ok = peer["label"] == FLOAT or _at_least(ours, peer, entry)
         detail = (
             f"ours {ours['p50_ms']:.2f} ms ({metric_text(entry, ours)}) vs {peer['label']} {peer['p50_ms']:.2f} ms "
             f"({metric_text(entry, peer)}; {note}): {speed.median:.2f}x (rounds {speed.low:.2f}-{speed.high:.2f})"
@@ -150,7 +161,7 @@ def targets(record: Mapping[str, Any]) -> list[Check]:
         checks.append(
             Check(title, not misses, detail + ("; missed: " + " and ".join(misses) if misses else ""))
         )
-        if not misses:
+        if not misses and peer["label"] != FLOAT:  # 1.2x counts against an onnxruntime recipe only
             fastest.append((speed.median, name))
     if missing:
         checks.append(

@@ -132,6 +132,24 @@ def test_a_faster_peer_at_a_lower_metric_is_not_the_best_recipe() -> None:
     assert verdicts["every target model measured"] is False  # minilm left out of the hand-made record
 
 
+def test_when_no_recipe_reaches_our_metric_the_peer_is_the_float_model() -> None:
+    # every onnxruntime recipe loses 10 points of top-1 to ours: its user ships FP32 (10 ms) at our metric
+    faster = perf_verdict.targets(_record(4.0, [("ort static", 3.0, 0.88), ("ort dynamic", 9.0, 0.86)]))
+    check = next(c for c in faster if c.name.startswith("mobilenetv2"))
+    assert check.passed and "vs FP32" in check.detail
+    verdicts = {c.name.split(":")[0]: c.passed for c in faster}
+    one = f">= {perf_verdict.MIN_SPEEDUP_ON_ONE}x onnxruntime's best on one model"
+    assert verdicts[one] is False  # 2.5x FP32 does not count
+    assert "its best-scoring one, ort static at top-1 0.880" in check.detail
+    assert "ours 0.75x that" in check.detail
+    slower = perf_verdict.targets(_record(12.0, [("ort static", 3.0, 0.88)]))
+    check = next(c for c in slower if c.name.startswith("mobilenetv2"))
+    assert not check.passed and "vs FP32" in check.detail and "slower" in check.detail
+    entry = _record(4.0, [("ort static", 3.0, 0.88)])["models"]["yolov8n"]
+    found = perf_verdict.comparisons(entry)[perf_verdict.OURS]
+    assert found["peer"] == "FP32" and found["metric_at_least_peer"]
+
+
 def test_as_fast_means_within_the_timing_noise() -> None:
     noise = perf_verdict.TIMING_NOISE
     tie = perf_verdict.targets(_record(4.0 / (1 - noise / 2), [("ort static", 4.0, 0.98)]))
@@ -174,6 +192,13 @@ def test_a_model_that_was_not_measured_is_a_row_and_a_miss() -> None:
     rendered = perf_render.render_readme(perf_verdict.derive(alone))
     assert "| yolov8n | - | not measured: ZooError: not built |" in rendered
     assert "MISSED: yolov8n:" in rendered
+
+
+def test_merged_models_timed_over_other_rounds_are_named() -> None:
+    record = {"rounds": 5, "models": {"a": {"rounds": 3}, "b": {"rounds": 3}, "c": {"rounds": 5}}}
+    assert perf_render.rounds_text(record) == "3 rounds (c 5)"
+    record["models"]["c"]["rounds"] = 3
+    assert perf_render.rounds_text(record) == "3 rounds"
 
 
 def test_timing_rounds_rotate_and_a_failing_variant_leaves_the_others_paired(
