@@ -144,6 +144,9 @@ def targets(record: Mapping[str, Any]) -> list[Check]:
         if peer is None:
             checks.append(Check(title, True, note))
             continue
+        if not timed(peer):  # the float model, when no recipe reaches our metric, failed to run
+            checks.append(Check(title, False, f"{note}; {peer['label']} was not timed"))
+            continue
         speed = paired_ratio(rounds_of(peer), rounds_of(ours))
         # against the float model (no onnxruntime recipe reaches our metric) the metric is ours by the budget
         metric_ok = peer["label"] == FLOAT or _at_least(ours, peer, entry)

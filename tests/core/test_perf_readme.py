@@ -148,6 +148,9 @@ def test_when_no_recipe_reaches_our_metric_the_peer_is_the_float_model() -> None
     entry = _record(4.0, [("ort static", 3.0, 0.88)])["models"]["yolov8n"]
     found = perf_verdict.comparisons(entry)[perf_verdict.OURS]
     assert found["peer"] == "FP32" and found["metric_at_least_peer"]
+    untimed = _record(4.0, [("ort static", 3.0, 0.88)])
+    untimed["models"]["mobilenetv2"]["rows"][0]["error"] = "TimeoutError: killed"
+    assert _verdicts(untimed)["mobilenetv2"] is False
 
 
 def test_as_fast_means_within_the_timing_noise() -> None:
