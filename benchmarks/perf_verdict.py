@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from edgeplug_quantize.timing import NOISE
@@ -18,7 +19,6 @@ MIN_SPEEDUP_ON_ONE = 1.2
 MINILM_MIN_COSINE = 0.99
 OURS = "edgeplug fuse,quant"
 FLOAT = "FP32"
-FALLBACK = "no onnxruntime recipe reaches our task metric: its user ships the float model"
 # "At least as fast" within quant's own timing tie (the same fraction by which auto calls two candidates equal).
 # Where ours and the peer are the same recipe, computing the same numbers (the Fashion CNN, BERT-base), the
 # paired median of a few rounds on a shared machine fell on either side of 1.0 (stored tables: BERT-base 0.84x
@@ -54,7 +54,20 @@ def _at_least(a: Mapping[str, Any], b: Mapping[str, Any], entry: Mapping[str, An
     return True
 
 
-def best_int8_peer(entry: Mapping[str, Any]) -> tuple[Mapping[str, Any] | None, str]:
+@dataclass(frozen=True)
+class Peer:
+    """The row ours is compared with, why that one, and whether it is the float model standing in for
+    onnxruntime's recipes (none reaching our task metric: the metric is then ours by quant's budget)."""
+
+    row: Mapping[str, Any] | None
+    note: str
+    float_stands_in: bool = False
+
+    def metric_kept(self, ours: Mapping[str, Any], entry: Mapping[str, Any]) -> bool:
+        return self.float_stands_in or (self.row is not None and _at_least(ours, self.row, entry))
+
+
+def best_int8_peer(entry: Mapping[str, Any]) -> Peer:
     """onnxruntime's best recipe for this model, as issue 14 defines it: "the fastest of its documented static
     recipe, dynamic defaults and dynamic per-channel that keeps the same task metric", read as the fastest whose
     task metric is at least ours. When none of them reaches our task metric, what a user of onnxruntime's tool
@@ -64,19 +77,19 @@ def best_int8_peer(entry: Mapping[str, Any]) -> tuple[Mapping[str, Any] | None, 
     ours = row_of(entry, OURS)
     peers = [r for r in entry["rows"] if r["group"] == "int8" and r["by"] != "edgeplug" and timed(r)]
     if not peers or not timed(ours):
-        return None, "no onnxruntime recipe produced a model" if not peers else "ours was not measured"
+        return Peer(None, "no onnxruntime recipe produced a model" if not peers else "ours was not measured")
     keeping = [r for r in peers if _at_least(r, ours, entry)]
     if keeping:
-        return min(
-            keeping, key=lambda r: r["p50_ms"]
-        ), "the fastest onnxruntime recipe at our task metric or better"
+        fastest = min(keeping, key=lambda r: r["p50_ms"])
+        return Peer(fastest, "the fastest onnxruntime recipe at our task metric or better")
     primary = entry["judged_by"][0]
     best = max(peers, key=lambda r: -math.inf if r["metrics"].get(primary) is None else r["metrics"][primary])
     speed = paired_ratio(rounds_of(best), rounds_of(ours))
-    return row_of(entry, FLOAT), (
-        f"{FALLBACK}; its best-scoring one, {best['label']} at {metric_text(entry, best)}, ran "
-        f"{best['p50_ms']:.2f} ms: ours {speed.median:.2f}x that"
+    note = (
+        "no onnxruntime recipe reaches our task metric: its user ships the float model; its best-scoring one, "
+        f"{best['label']} at {metric_text(entry, best)}, ran {best['p50_ms']:.2f} ms: ours {speed.median:.2f}x that"
     )
+    return Peer(row_of(entry, FLOAT), note, float_stands_in=True)
 
 
 def comparisons(entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -88,18 +101,23 @@ def comparisons(entry: Mapping[str, Any]) -> dict[str, Any]:
         if row["group"] == "pruned":
             found[row["label"]] = {"peer": None, "note": "no peer prunes"}
             continue
-        if row["group"] == "int8":
-            peer, note = best_int8_peer(entry)
-        else:
-            peer, note = row_of(entry, "onnxslim"), "the float peer"
-        if not timed(peer):
-            found[row["label"]] = {"peer": None, "note": note if peer is None else f"{peer['label']} failed"}
+        peer = (
+            best_int8_peer(entry)
+            if row["group"] == "int8"
+            else Peer(row_of(entry, "onnxslim"), "the float peer")
+        )
+        if peer.row is None or not timed(peer.row):
+            found[row["label"]] = {
+                "peer": None,
+                "note": f"{peer.row['label']} failed" if peer.row else peer.note,
+            }
             continue
         found[row["label"]] = {
-            "peer": peer["label"],
-            "note": note,
-            "speed": paired_ratio(rounds_of(peer), rounds_of(row)).as_dict(),
-            "metric_at_least_peer": peer["label"] == FLOAT or _at_least(row, peer, entry),
+            "peer": peer.row["label"],
+            "note": peer.note,
+            "float_stands_in": peer.float_stands_in,
+            "speed": paired_ratio(rounds_of(peer.row), rounds_of(row)).as_dict(),
+            "metric_at_least_peer": peer.metric_kept(row, entry),
         }
     return found
 
@@ -140,31 +158,30 @@ def targets(record: Mapping[str, Any]) -> list[Check]:
                 Check(title, False, f"edgeplug fuse,quant did not produce a measured model ({error})")
             )
             continue
-        peer, note = best_int8_peer(entry)
-        if peer is None:
-            checks.append(Check(title, True, note))
+        peer = best_int8_peer(entry)
+        if peer.row is None:
+            checks.append(Check(title, True, peer.note))
             continue
-        if not timed(peer):  # the float model, when no recipe reaches our metric, failed to run
-            checks.append(Check(title, False, f"{note}; {peer['label']} was not timed"))
+        if not timed(peer.row):  # the float model standing in failed to run (onnxruntime's peers are timed)
+            checks.append(Check(title, False, f"{peer.note}; {peer.row['label']} was not timed"))
             continue
-        speed = paired_ratio(rounds_of(peer), rounds_of(ours))
-        # against the float model (no onnxruntime recipe reaches our metric) the metric is ours by the budget
-        metric_ok = peer["label"] == FLOAT or _at_least(ours, peer, entry)
+        speed = paired_ratio(rounds_of(peer.row), rounds_of(ours))
         detail = (
-            f"ours {ours['p50_ms']:.2f} ms ({metric_text(entry, ours)}) vs {peer['label']} {peer['p50_ms']:.2f} ms "
-            f"({metric_text(entry, peer)}; {note}): {speed.median:.2f}x (rounds {speed.low:.2f}-{speed.high:.2f})"
+            f"ours {ours['p50_ms']:.2f} ms ({metric_text(entry, ours)}) vs {peer.row['label']} "
+            f"{peer.row['p50_ms']:.2f} ms ({metric_text(entry, peer.row)}; {peer.note}): {speed.median:.2f}x "
+            f"(rounds {speed.low:.2f}-{speed.high:.2f})"
         )
         misses = []
         if slower(speed):
             misses.append("slower")
         elif speed.median < 1.0:
             detail += f" (within the {TIMING_NOISE:.0%} timing noise: as fast)"
-        if not metric_ok:
+        if not peer.metric_kept(ours, entry):
             misses.append("lower task metric")
         checks.append(
             Check(title, not misses, detail + ("; missed: " + " and ".join(misses) if misses else ""))
         )
-        if not misses and peer["label"] != FLOAT:  # 1.2x counts against an onnxruntime recipe only
+        if not misses and not peer.float_stands_in:  # 1.2x counts against an onnxruntime recipe only
             fastest.append((speed.median, name))
     if missing:
         checks.append(

@@ -147,7 +147,10 @@ def test_when_no_recipe_reaches_our_metric_the_peer_is_the_float_model() -> None
     assert not check.passed and "vs FP32" in check.detail and "slower" in check.detail
     entry = _record(4.0, [("ort static", 3.0, 0.88)])["models"]["yolov8n"]
     found = perf_verdict.comparisons(entry)[perf_verdict.OURS]
-    assert found["peer"] == "FP32" and found["metric_at_least_peer"]
+    assert found["peer"] == "FP32" and found["float_stands_in"] and found["metric_at_least_peer"]
+    entry = _record(4.0, [("ort static", 3.0, 0.98)])["models"]["yolov8n"]
+    reached = perf_verdict.comparisons(entry)[perf_verdict.OURS]
+    assert reached["peer"] == "ort static" and not reached["float_stands_in"]
     untimed = _record(4.0, [("ort static", 3.0, 0.88)])
     untimed["models"]["mobilenetv2"]["rows"][0]["error"] = "TimeoutError: killed"
     assert _verdicts(untimed)["mobilenetv2"] is False
